@@ -1,0 +1,86 @@
+"""How a model wants its input and how to read its output; recorded with every checkpoint and export.
+
+Two published conventions exist (DESIGN.md): Silent-Face feeds BGR in 0..255 from a box scaled by
+2.7 or 4.0 and shifted inside the frame; suri-liveness feeds RGB / 255 from a box expanded 1.5x with
+reflect padding. Our own models record whichever the data config used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+ColorOrder = Literal["rgb", "bgr"]
+CropMode = Literal["shift", "reflect"]
+
+
+@dataclass(frozen=True)
+class InputConvention:
+    """Image + face box -> model input: crop, resize, colour order and `(pixel * pixel_scale - mean) / std`."""
+
+    input_size: int = 80
+    color_order: ColorOrder = "rgb"
+    pixel_scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    crop_scale: float = 2.7
+    crop_mode: CropMode = "shift"
+
+    def __post_init__(self) -> None:
+        if self.color_order not in ("rgb", "bgr"):
+            raise ValueError(f"color_order must be 'rgb' or 'bgr', got {self.color_order!r}")
+        if self.crop_mode not in ("shift", "reflect"):
+            raise ValueError(f"crop_mode must be 'shift' or 'reflect', got {self.crop_mode!r}")
+        if self.input_size < 16:
+            raise ValueError(f"input_size must be at least 16 pixels, got {self.input_size}")
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> InputConvention:
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ClassScheme:
+    """Which CelebA-Spoof spoof types (label index 40) map to which output class.
+
+    Spoof types absent from `spoof_type_classes` are excluded from the data (and counted in the log).
+    """
+
+    name: str
+    class_names: tuple[str, ...]
+    real_class_index: int
+    spoof_type_classes: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        object.__setattr__(self, "spoof_type_classes", {int(k): int(v) for k, v in self.spoof_type_classes.items()})
+        n = len(self.class_names)
+        if not 0 <= self.real_class_index < n:
+            raise ValueError(
+                f"class scheme '{self.name}': real_class_index {self.real_class_index} is not in 0..{n - 1}"
+            )
+        bad = {t: c for t, c in self.spoof_type_classes.items() if not 0 <= c < n}
+        if bad:
+            raise ValueError(f"class scheme '{self.name}': classes {bad} are outside 0..{n - 1}")
+        if self.spoof_type_classes and self.spoof_type_classes.get(0) != self.real_class_index:
+            raise ValueError(f"class scheme '{self.name}': spoof type 0 (live) must map to the real class")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_of(self, spoof_type: int) -> int | None:
+        """Class index of a spoof type, or None when the scheme excludes it."""
+        return self.spoof_type_classes.get(spoof_type)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ClassScheme:
+        return cls(**values)

@@ -1,0 +1,203 @@
+"""Face-crop dataset and the LightningDataModule shared by `data=celeba_spoof` and `data=synthetic`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fas.convention import ClassScheme, InputConvention
+from fas.data.celeba_spoof import BadSample, DatasetError, Sample, read_image, read_split
+from fas.data.crop import bb224_to_pixels, crop_face, is_valid_box
+from fas.data.synthetic import SyntheticConfig, generate
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[..., dict[str, Any]]
+
+
+def to_tensor(crop_rgb: np.ndarray, convention: InputConvention) -> torch.Tensor:
+    """HxWx3 uint8 RGB -> 3xHxW float in the convention's colour order and normalisation."""
+    pixels = crop_rgb if convention.color_order == "rgb" else crop_rgb[..., ::-1]
+    scaled = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float() * convention.pixel_scale
+    mean = torch.tensor(convention.mean).view(3, 1, 1)
+    std = torch.tensor(convention.std).view(3, 1, 1)
+    return (scaled - mean) / std
+
+
+class FaceCropDataset(Dataset):
+    """Reads an image, crops the face with the convention's rule, augments, normalises.
+
+    Items are dicts: `image` (3xSxS float), `target` (class index), and the CelebA-Spoof
+    `spoof_type`, `illumination`, `environment` codes for per-condition breakdowns.
+    """
+
+    def __init__(self, samples: Sequence[Sample], convention: InputConvention, transform: Transform | None = None):
+        self.samples = list(samples)
+        self.convention = convention
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_crop(self, sample: Sample) -> np.ndarray:
+        """The face crop as HxWx3 uint8 RGB, before augmentation."""
+        image = read_image(sample.image_path)
+        height, width = image.shape[:2]
+        box = bb224_to_pixels(sample.box_224, width, height)
+        if not is_valid_box(box, width, height):
+            raise DatasetError(f"{sample.image_path}: face box {box} does not overlap the {width}x{height} image")
+        return cv2.cvtColor(crop_face(image, box, self.convention), cv2.COLOR_BGR2RGB)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        crop = self.load_crop(sample)
+        if self.transform is not None:
+            crop = self.transform(image=crop)["image"]
+        return {
+            "image": to_tensor(crop, self.convention),
+            "target": sample.target,
+            "spoof_type": sample.spoof_type,
+            "illumination": sample.illumination,
+            "environment": sample.environment,
+        }
+
+
+def split_by_subject(samples: Sequence[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Hold out a seeded random `val_fraction` of subjects; no subject lands in both parts."""
+    subjects = sorted({s.subject for s in samples})
+    rng = np.random.default_rng(seed)
+    n_val = max(1, round(len(subjects) * val_fraction)) if val_fraction > 0 else 0
+    if n_val >= len(subjects):
+        raise DatasetError(
+            f"Cannot hold out {val_fraction:.0%} of {len(subjects)} subjects for validation; lower data.val_fraction."
+        )
+    val_subjects = set(rng.permutation(subjects)[:n_val].tolist())
+    train = [s for s in samples if s.subject not in val_subjects]
+    val = [s for s in samples if s.subject in val_subjects]
+    return train, val
+
+
+class FaceDataModule(L.LightningDataModule):
+    """CelebA-Spoof-layout data: official train/test split, validation held out by subject.
+
+    With `synthetic` set, `prepare_data` first generates the embedded dataset under `root`.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        class_scheme: ClassScheme,
+        input_size: int = 80,
+        crop_scale: float = 2.7,
+        crop_mode: str = "shift",
+        color_order: str = "rgb",
+        pixel_scale: float = 1.0 / 255.0,
+        mean: Sequence[float] = (0.0, 0.0, 0.0),
+        std: Sequence[float] = (1.0, 1.0, 1.0),
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        val_fraction: float = 0.15,
+        split_seed: int = 0,
+        skip_bad_samples: bool = False,
+        bad_samples_dir: str | None = None,
+        train_transform: Transform | None = None,
+        synthetic: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.class_scheme = class_scheme
+        self.convention = InputConvention(
+            input_size=input_size,
+            color_order=color_order,
+            pixel_scale=pixel_scale,
+            mean=tuple(mean),
+            std=tuple(std),
+            crop_scale=crop_scale,
+            crop_mode=crop_mode,
+        )
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.skip_bad_samples = skip_bad_samples
+        self.bad_samples_dir = Path(bad_samples_dir) if bad_samples_dir else None
+        self.train_transform = train_transform
+        self.synthetic = SyntheticConfig(**synthetic) if synthetic is not None else None
+        self.splits: dict[str, FaceCropDataset] = {}
+
+    def prepare_data(self) -> None:
+        if self.synthetic is not None:
+            generate(self.root, self.synthetic)
+        elif not self.root.is_dir():
+            raise DatasetError(f"{self.root}: data.root does not exist; point it at your CelebA-Spoof copy")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        train_samples = self._read("train")
+        test_samples = self._read("test")
+        train, val = split_by_subject(train_samples, self.val_fraction, self.split_seed)
+        self.splits = {
+            "train": FaceCropDataset(train, self.convention, self.train_transform),
+            "val": FaceCropDataset(val, self.convention),
+            "test": FaceCropDataset(test_samples, self.convention),
+        }
+        log.info("Samples: %s", {name: len(ds) for name, ds in self.splits.items()})
+
+    def _read(self, split: str) -> list[Sample]:
+        samples, bad = read_split(self.root, split, self.class_scheme)
+        if bad:
+            self._handle_bad(split, bad)
+        if not samples:
+            raise DatasetError(
+                f"{self.root}: the {split} split has no usable samples for class scheme '{self.class_scheme.name}'"
+            )
+        targets = {s.target for s in samples}
+        if len(targets) < 2:
+            log.warning("%s split holds only class(es) %s of %s", split, sorted(targets), self.class_scheme.class_names)
+        return samples
+
+    def _handle_bad(self, split: str, bad: list[BadSample]) -> None:
+        listing = "\n".join(f"{b.path}\t{b.reason}" for b in bad)
+        where = ""
+        if self.bad_samples_dir is not None:
+            self.bad_samples_dir.mkdir(parents=True, exist_ok=True)
+            path = self.bad_samples_dir / f"bad_samples_{split}.tsv"
+            path.write_text("path\treason\n" + listing + "\n")
+            where = f" (all listed in {path})"
+        first = "; ".join(f"{b.path}: {b.reason}" for b in bad[:3])
+        if not self.skip_bad_samples:
+            raise DatasetError(
+                f"{len(bad)} unusable sample(s) in the {split} split{where}, e.g. {first}. "
+                "Fix or remove them, or set data.skip_bad_samples=true to train without them."
+            )
+        log.warning("Skipping %d unusable sample(s) in the %s split%s, e.g. %s", len(bad), split, where, first)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.splits[split],
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=shuffle and len(self.splits[split]) > self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

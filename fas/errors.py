@@ -1,0 +1,9 @@
+"""User-facing errors: the entry scripts print these as one line (problem and fix), not a traceback."""
+
+
+class FasError(Exception):
+    """Base of every error whose message tells the user what is wrong and how to fix it."""
+
+
+class ConfigError(FasError, ValueError):
+    """A config value is missing or invalid."""

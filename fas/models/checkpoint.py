@@ -1,0 +1,125 @@
+"""Reading weights from our Lightning checkpoints and the published MiniFASNet files.
+
+All of them reduce to a backbone state_dict: prefixes `module.` (Silent-Face, DataParallel),
+`model.` (suri-liveness) and `backbone.` (ours) are stripped; Fourier-head keys (`FTGenerator.*`,
+`ft_head.*`) are dropped. A mismatch is reported as one line that names the architecture the file
+actually holds and the config that fits it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fas.errors import FasError
+
+PREFIXES = ("module.", "model.", "backbone.")
+FT_HEAD_PREFIXES = ("FTGenerator.", "ft_head.")
+
+
+class CheckpointMismatchError(FasError, ValueError):
+    """The checkpoint holds another architecture, input size or number of classes than the config."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file onto the CPU, with a clear error if it is missing or not a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointMismatchError(f"{path}: checkpoint not found; check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise CheckpointMismatchError(f"{path}: not a PyTorch checkpoint ({type(error).__name__}: {error})") from None
+
+
+def backbone_state_dict(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
+    """The backbone weights of any supported checkpoint layout, prefixes stripped, FT head dropped."""
+    state = checkpoint.get("state_dict") or checkpoint.get("model_state_dict") or checkpoint
+    cleaned: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(value, Tensor) or key.startswith(FT_HEAD_PREFIXES):
+            continue
+        for prefix in PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                break
+        if not key.startswith(FT_HEAD_PREFIXES):
+            cleaned[key] = value
+    return cleaned
+
+
+def describe_state_dict(state: dict[str, Tensor]) -> dict[str, Any]:
+    """Guess backbone name, input size and class count from MiniFASNet / MobileNetV4 weights."""
+    if "conv_6_dw.conv.weight" in state:
+        se = any(".se_module." in key for key in state)
+        version = "v1" if state["conv_3.model.1.conv.conv.weight"].shape[0] == 26 else "v2"
+        kernel = state["conv_6_dw.conv.weight"].shape[-1]
+        return {
+            "backbone": f"minifasnet_{version}{'se' if se else ''}",
+            "input_size": 16 * kernel,
+            "num_classes": state["prob.weight"].shape[0],
+        }
+    if "classifier.weight" in state and "stage4.0.weight" in state:
+        return {"backbone": "mobilenetv4", "input_size": None, "num_classes": state["classifier.weight"].shape[0]}
+    return {"backbone": "unknown", "input_size": None, "num_classes": None}
+
+
+def check_fits(backbone: nn.Module, state: dict[str, Tensor], expected_name: str, path: str | Path) -> None:
+    """Raise CheckpointMismatchError unless every backbone key matches in name and shape."""
+    own = backbone.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
+        raise CheckpointMismatchError(mismatch_message(path, state, expected_name, missing, unexpected, wrong_shape))
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path, expected_name: str) -> None:
+    """Load any supported checkpoint into `backbone` after checking it fits."""
+    state = backbone_state_dict(read_checkpoint(path))
+    check_fits(backbone, state, expected_name, path)
+    backbone.load_state_dict(state)
+
+
+def check_resume_checkpoint(module: nn.Module, path: str | Path, expected_name: str) -> None:
+    """Before `trainer.fit(ckpt_path=...)`: the Lightning checkpoint must hold this very model."""
+    checkpoint = read_checkpoint(path)
+    if "state_dict" not in checkpoint:
+        raise CheckpointMismatchError(
+            f"{path} is not a Lightning checkpoint of fas; to start from published weights use pretrained={path}"
+        )
+    check_fits(module.backbone, backbone_state_dict(checkpoint), expected_name, path)
+    has_head = any(key.startswith("ft_head.") for key in checkpoint["state_dict"])
+    if has_head != (module.ft_head is not None):
+        setting = "model.ft_weight=0.5 (or the weight it was trained with)" if has_head else "model.ft_weight=0"
+        raise CheckpointMismatchError(
+            f"{path} was trained {'with' if has_head else 'without'} the Fourier head; resume it with {setting}"
+        )
+
+
+def mismatch_message(
+    path: str | Path,
+    state: dict[str, Tensor],
+    expected_name: str,
+    missing: list[str],
+    unexpected: list[str],
+    wrong_shape: list[str],
+) -> str:
+    found = describe_state_dict(state)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if wrong_shape:
+        problems.append(f"{len(wrong_shape)} keys of another shape (e.g. {wrong_shape[0]})")
+    fix = [f"model={found['backbone']}"] if found["backbone"] not in ("unknown", expected_name) else []
+    if found["input_size"]:
+        fix.append(f"data.input_size={found['input_size']}")
+    if found["num_classes"]:
+        fix.append(f"a class_scheme with {found['num_classes']} classes")
+    hint = f"; it holds {found['backbone']}, so use " + ", ".join(fix) if fix else ""
+    return f"{path} does not fit backbone {expected_name}: {', '.join(problems)}{hint}"

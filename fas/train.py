@@ -1,0 +1,96 @@
+"""`train(cfg)`: data -> model -> fit -> test on the best checkpoint -> report. Used by `train.py`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+
+from fas.data.datamodule import FaceDataModule
+from fas.errors import ConfigError
+from fas.models.checkpoint import check_resume_checkpoint, load_backbone_weights
+from fas.module import LivenessModule
+from fas.report import write_metrics
+
+log = logging.getLogger(__name__)
+
+LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every `_target_` entry of a config group such as `callbacks` or `logger`."""
+    if not group:
+        return []
+    return [
+        hydra.utils.instantiate(entry)
+        for entry in group.values()
+        if isinstance(entry, DictConfig) and "_target_" in entry
+    ]
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail early, in one line, on values the user must set."""
+    if OmegaConf.is_missing(cfg.data, "root"):
+        raise ConfigError(
+            "data.root is not set: pass data.root=/path/to/CelebA_Spoof (the folder holding Data/ and metas/), "
+            "or use data=synthetic"
+        )
+
+
+def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
+    """Train, test the best checkpoint and write `report/metrics.json`.
+
+    Returns the value of `cfg.optimized_metric` (for sweepers) and all test metrics.
+    """
+    check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule: FaceDataModule = hydra.utils.instantiate(cfg.data)
+    model: LivenessModule = hydra.utils.instantiate(
+        cfg.model,
+        convention=datamodule.convention.to_dict(),
+        class_scheme=datamodule.class_scheme.to_dict(),
+    )
+    if cfg.get("pretrained"):
+        load_backbone_weights(model.backbone, cfg.pretrained, cfg.model.backbone)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and ckpt_path not in LIGHTNING_CKPT_ALIASES:
+        check_resume_checkpoint(model, ckpt_path, cfg.model.backbone)
+    callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"))
+    loggers: list[Logger] = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    best = best_checkpoint(trainer)
+    trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=False)
+    metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+
+    output_dir = Path(cfg.paths.output_dir)
+    report = write_metrics(
+        output_dir / "report",
+        metrics,
+        checkpoint=best,
+        model=cfg.model.backbone,
+        input_size=datamodule.convention.input_size,
+        class_scheme=datamodule.class_scheme.name,
+    )
+    log.info("Test metrics: %s", {k: round(float(v), 4) for k, v in metrics.items()})
+    log.info("Run directory: %s", output_dir)
+    log.info("Best checkpoint: %s", best or "none (no ModelCheckpoint callback)")
+    log.info("Report: %s", report)
+    value = metrics.get(cfg.get("optimized_metric"))
+    return (float(value) if value is not None else None), metrics
+
+
+def best_checkpoint(trainer: L.Trainer) -> str | None:
+    for callback in trainer.callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.best_model_path:
+            return callback.best_model_path
+    return None

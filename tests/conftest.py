@@ -1,0 +1,54 @@
+"""Shared fixtures: the reference folder `../shared` and a tiny generated CelebA-Spoof tree."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from fas.data.synthetic import SyntheticConfig, generate
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FAS_SHARED_DIR", REPO_ROOT.parent / "shared"))
+REFERENCE = SHARED / "reference"
+
+TINY = SyntheticConfig(train_subjects=4, test_subjects=2, images_per_subject=12, live_fraction=0.4, seed=3)
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not REFERENCE.is_dir():
+        pytest.skip(f"reference folder {REFERENCE} is absent (CI has it beside the repo as ../shared)")
+    return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 72-image synthetic dataset in the CelebA-Spoof layout (generated once per test session)."""
+    return generate(tmp_path_factory.mktemp("tiny_data"), TINY, workers=1)
+
+
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+def compose_train(overrides: list[str], run_dir: Path):
+    """Compose `configs/train.yaml` as `python train.py <overrides>` would, with the run in `run_dir`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(run_dir)
+        cfg.paths.output_dir = str(run_dir)
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra  # kept by HydraConfig; the job config never carries it
+    return cfg

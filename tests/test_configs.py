@@ -1,0 +1,73 @@
+"""Every option of every config group composes, resolves and instantiates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from conftest import CONFIG_DIR, compose_train
+from omegaconf import OmegaConf
+
+from fas.convention import ClassScheme
+from fas.data.datamodule import FaceDataModule
+from fas.module import LivenessModule
+
+GROUPS = [
+    "model",
+    "data",
+    "class_scheme",
+    "optimizer",
+    "augmentation",
+    "trainer",
+    "logger",
+    "callbacks",
+    "debug",
+    "experiment",
+]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+ALL_OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
+
+
+def test_every_group_has_options() -> None:
+    for group in GROUPS:
+        assert options(group), group
+    assert {"minifasnet_v1", "minifasnet_v2", "minifasnet_v1se", "minifasnet_v2se", "mobilenetv4"} <= set(
+        options("model")
+    )
+
+
+@pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
+def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Path, tiny_data: Path) -> None:
+    overrides = [f"{group}={option}", f"data.root={tiny_data}", "data.synthetic=null"]
+    if group == "logger":
+        overrides.append("++logger.wandb.offline=true" if option in ("wandb", "many_loggers") else "seed=0")
+    cfg = compose_train(overrides, tmp_path)
+    OmegaConf.resolve(cfg)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    assert isinstance(datamodule, FaceDataModule) and isinstance(datamodule.class_scheme, ClassScheme)
+    model = hydra.utils.instantiate(
+        cfg.model, convention=datamodule.convention.to_dict(), class_scheme=datamodule.class_scheme.to_dict()
+    )
+    assert isinstance(model, LivenessModule)
+    assert model.class_scheme.num_classes == len(cfg.class_scheme.class_names)
+    model.configure_optimizers()
+    if cfg.trainer.accelerator != "gpu" or torch.cuda.is_available():
+        hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+    for name in ("callbacks", "logger"):
+        for entry in (cfg.get(name) or {}).values():
+            hydra.utils.instantiate(entry)
+
+
+def test_the_three_one_key_settings(tmp_path: Path) -> None:
+    cfg = compose_train(["data.input_size=128", "model.ft_weight=0", "class_scheme=silentface3"], tmp_path)
+    OmegaConf.resolve(cfg)
+    assert cfg.augmentation.train.transforms[0].size == [128, 128]
+    assert cfg.model.ft_weight == 0
+    assert cfg.class_scheme.real_class_index == 1

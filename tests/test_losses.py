@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from fas.convention import InputConvention
+from fas.losses import LivenessLoss, fourier_target, to_gray_255
+
+
+def numpy_fourier_target(gray: np.ndarray, size: int) -> np.ndarray:
+    """DESIGN.md's formula written plainly, resized with cv2 as Silent-Face does."""
+    spectrum = np.fft.fftshift(np.fft.fft2(gray))
+    log_magnitude = np.log(np.abs(spectrum) + 1)
+    low, high = log_magnitude.min(), log_magnitude.max()
+    scaled = (log_magnitude - low + 1) / (high - low + 1)
+    return cv2.resize(scaled.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+@pytest.mark.parametrize(("image_size", "out_size"), [(80, 10), (128, 16)])
+def test_fourier_target_matches_numpy(image_size: int, out_size: int) -> None:
+    rng = np.random.default_rng(0)
+    gray = rng.uniform(0, 255, (4, image_size, image_size))
+    ours = fourier_target(torch.from_numpy(gray), (out_size, out_size)).numpy()
+    assert ours.shape == (4, 1, out_size, out_size)
+    for i in range(4):
+        np.testing.assert_allclose(ours[i, 0], numpy_fourier_target(gray[i], out_size), rtol=1e-4, atol=1e-5)
+    assert ours.max() <= 1.0 + 1e-6 and ours.min() > 0
+
+
+def test_gray_undoes_the_input_convention() -> None:
+    rng = np.random.default_rng(1)
+    bgr = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    expected = 0.114 * bgr[..., 0] + 0.587 * bgr[..., 1] + 0.299 * bgr[..., 2]
+    rgb = torch.from_numpy(bgr[..., ::-1].copy()).permute(2, 0, 1)[None].float()
+    suri = InputConvention(color_order="rgb", pixel_scale=1 / 255)
+    silentface = InputConvention(color_order="bgr", pixel_scale=1.0)
+    imagenet = InputConvention(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    normalized = (rgb / 255 - torch.tensor(imagenet.mean).view(1, 3, 1, 1)) / torch.tensor(imagenet.std).view(
+        1, 3, 1, 1
+    )
+    np.testing.assert_allclose(to_gray_255(rgb / 255, suri)[0].numpy(), expected, atol=1e-3)
+    np.testing.assert_allclose(to_gray_255(rgb.flip(1), silentface)[0].numpy(), expected, atol=1e-3)
+    np.testing.assert_allclose(to_gray_255(normalized, imagenet)[0].numpy(), expected, atol=1e-3)
+
+
+def test_combined_loss_weights_the_two_terms() -> None:
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.5]])
+    targets = torch.tensor([0, 1])
+    ft_map, ft_target = torch.full((2, 1, 4, 4), 0.5), torch.full((2, 1, 4, 4), 0.25)
+    ce = torch.nn.functional.cross_entropy(logits, targets)
+    losses = LivenessLoss(ft_weight=0.3)(logits, targets, ft_map, ft_target)
+    assert losses["loss_ft"].item() == pytest.approx(0.0625)
+    assert losses["loss"].item() == pytest.approx(0.7 * ce.item() + 0.3 * 0.0625)
+
+
+def test_zero_ft_weight_ignores_the_head() -> None:
+    logits = torch.tensor([[1.0, 0.0]])
+    losses = LivenessLoss(ft_weight=0.0)(logits, torch.tensor([0]), torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
+    assert set(losses) == {"loss", "loss_ce"}
+    with pytest.raises(ValueError, match="ft_weight"):
+        LivenessLoss(ft_weight=1.5)

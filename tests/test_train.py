@@ -1,0 +1,146 @@
+"""End to end: `train(cfg)` on generated data, the backbone/size/FT grid, and one-line user errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, compose_train
+
+from fas.models import BACKBONES
+from fas.models.checkpoint import CheckpointMismatchError
+from fas.train import train
+
+TINY_RUN = [
+    "data=celeba_spoof",
+    "data.num_workers=0",
+    "data.batch_size=8",
+    "data.eval_batch_size=16",
+    "+trainer.enable_progress_bar=false",
+]
+
+
+@pytest.fixture(scope="module")
+def short_fit(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    run_dir = tmp_path_factory.mktemp("short_fit")
+    cfg = compose_train(
+        [
+            *TINY_RUN,
+            f"data.root={tiny_data}",
+            "data.input_size=64",
+            "optimizer=adamw",
+            "trainer.max_epochs=6",
+            "trainer.log_every_n_steps=1",
+            "seed=0",
+        ],
+        run_dir,
+    )
+    metric, metrics = train(cfg)
+    assert metric == pytest.approx(float(metrics["test/auroc"]))
+    return run_dir
+
+
+def epoch_means(metrics_csv: Path, key: str) -> list[float]:
+    rows = [r for r in csv.DictReader(metrics_csv.open()) if r.get(key)]
+    epochs = sorted({int(r["epoch"]) for r in rows})
+    return [
+        sum(float(r[key]) for r in rows if int(r["epoch"]) == e) / sum(int(r["epoch"]) == e for r in rows)
+        for e in epochs
+    ]
+
+
+def test_short_fit_lowers_both_losses(short_fit: Path) -> None:
+    metrics_csv = short_fit / "csv" / "version_0" / "metrics.csv"
+    for key in ("train/loss_ce", "train/loss_ft"):
+        means = epoch_means(metrics_csv, key)
+        assert len(means) == 6
+        assert means[-1] < 0.8 * means[0], (key, means)
+
+
+def test_run_directory_holds_checkpoints_and_report(short_fit: Path) -> None:
+    assert (short_fit / "checkpoints" / "last.ckpt").is_file()
+    report = json.loads((short_fit / "report" / "metrics.json").read_text())
+    assert set(report["metrics"]) == {"test/auroc", "test/accuracy", "test/live_spoof_accuracy"}
+    assert 0.0 <= report["metrics"]["test/auroc"] <= 1.0
+    assert report["model"] == "minifasnet_v2se" and report["input_size"] == 64
+    assert Path(report["checkpoint"]).parent == short_fit / "checkpoints"
+
+
+def test_resume_with_another_head_is_refused(short_fit: Path, tiny_data: Path, tmp_path: Path) -> None:
+    ckpt = short_fit / "checkpoints" / "last.ckpt"
+    cfg = compose_train(
+        [*TINY_RUN, f"data.root={tiny_data}", "data.input_size=64", f"ckpt_path={ckpt}", "model.ft_weight=0"], tmp_path
+    )
+    with pytest.raises(
+        CheckpointMismatchError, match=r"trained with the Fourier head; resume it with model.ft_weight=0.5"
+    ):
+        train(cfg)
+    cfg = compose_train([*TINY_RUN, f"data.root={tiny_data}", "data.input_size=128", f"ckpt_path={ckpt}"], tmp_path)
+    with pytest.raises(CheckpointMismatchError, match=r"does not fit backbone minifasnet_v2se: .*data.input_size=64"):
+        train(cfg)
+
+
+GRID = [(name, size, ft) for name in sorted(BACKBONES) for size in (80, 128) for ft in (0.0, 0.5)]
+
+
+@pytest.mark.parametrize(("backbone", "size", "ft_weight"), GRID, ids=[f"{b}-{s}-ft{f}" for b, s, f in GRID])
+def test_every_backbone_size_and_ft_weight_trains(
+    backbone: str, size: int, ft_weight: float, tiny_data: Path, tmp_path: Path
+) -> None:
+    cfg = compose_train(
+        [
+            *TINY_RUN,
+            "debug=fdr",
+            f"data.root={tiny_data}",
+            f"model={backbone}",
+            f"data.input_size={size}",
+            f"model.ft_weight={ft_weight}",
+        ],
+        tmp_path,
+    )
+    _, metrics = train(cfg)
+    assert "test/auroc" in metrics
+
+
+def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), *overrides], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_cli_missing_data_root(tmp_path: Path) -> None:
+    line = error_line(run_cli("data=celeba_spoof", cwd=tmp_path))
+    assert "data.root is not set: pass data.root=/path/to/CelebA_Spoof" in line
+
+
+def test_cli_unknown_backbone(tmp_path: Path, tiny_data: Path) -> None:
+    line = error_line(run_cli("data=celeba_spoof", f"data.root={tiny_data}", "model.backbone=resnet50", cwd=tmp_path))
+    assert "Unknown backbone 'resnet50'. Choose one of: minifasnet_v1" in line
+
+
+def test_cli_unknown_model_config(tmp_path: Path) -> None:
+    result = run_cli("model=resnet50", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Could not find 'model/resnet50'" in result.stderr and "minifasnet_v2se" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_wrong_pretrained_checkpoint(tmp_path: Path, tiny_data: Path, reference_dir: Path) -> None:
+    weights = reference_dir / "suri-liveness" / "best_model.pth"
+    line = error_line(
+        run_cli(
+            "data=celeba_spoof", f"data.root={tiny_data}", "model=minifasnet_v1", f"pretrained={weights}", cwd=tmp_path
+        )
+    )
+    assert "does not fit backbone minifasnet_v1" in line and "model=minifasnet_v2se, data.input_size=128" in line
