@@ -1,0 +1,1 @@
+"""fas: face anti-spoofing experiments (MiniFASNet, Fourier-transform loss, Hydra, Lightning, ONNX)."""

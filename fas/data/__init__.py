@@ -1,0 +1,1 @@
+"""Data: the CelebA-Spoof reader, face crops, the synthetic generator and the datamodule."""
