@@ -1,0 +1,102 @@
+"""FP32 ONNX export of a backbone, with the model's input convention and class scheme as metadata.
+
+Metadata keys (ONNX `metadata_props`, all strings):
+  fas.convention    JSON of `InputConvention.to_dict()` (size, colour order, scale, mean/std, crop rule)
+  fas.class_scheme  JSON of `ClassScheme.to_dict()` (class names, real-class index, spoof-type map)
+  fas.backbone      registry name of the backbone
+  fas.config        optional JSON of the training config
+Graph: input `input` (N, 3, S, S) float32 with a dynamic batch axis, output `logits` (N, classes).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from fas.convention import ClassScheme, InputConvention
+from fas.errors import FasError
+
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+OPSET = 18
+
+
+class OnnxMetadataError(FasError, ValueError):
+    """The ONNX file lacks the metadata fas needs to preprocess its input."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What an exported model says about itself."""
+
+    convention: InputConvention
+    class_scheme: ClassScheme
+    backbone: str
+    config: dict[str, Any] | None = None
+
+
+def export_onnx(backbone: nn.Module, info: ModelInfo, path: str | Path, opset: int = OPSET) -> Path:
+    """Export `backbone` (classifier only, no FT head) to `path` and check it with `onnx.checker`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = info.convention.input_size
+    model = copy.deepcopy(backbone).eval().to(memory_format=torch.contiguous_format)
+    example = torch.zeros(2, 3, size, size)
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            external_data=False,
+        )
+    proto = program.model_proto
+    write_metadata(proto, info)
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save_model(proto, path)
+    return path
+
+
+def write_metadata(proto: onnx.ModelProto, info: ModelInfo) -> None:
+    values = {
+        "fas.convention": json.dumps(info.convention.to_dict()),
+        "fas.class_scheme": json.dumps(info.class_scheme.to_dict()),
+        "fas.backbone": info.backbone,
+    }
+    if info.config is not None:
+        values["fas.config"] = json.dumps(info.config)
+    kept = [p for p in proto.metadata_props if p.key not in values]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in values.items():
+        proto.metadata_props.add(key=key, value=value)
+
+
+def read_metadata(source: str | Path | onnx.ModelProto) -> ModelInfo:
+    """Read the fas metadata of an ONNX file (or proto); a clear error when it is not a fas export."""
+    proto = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source), load_external_data=False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    if "fas.convention" not in props or "fas.class_scheme" not in props:
+        name = "the model" if isinstance(source, onnx.ModelProto) else str(source)
+        raise OnnxMetadataError(
+            f"{name} has no fas input-convention metadata; export it with `python export.py` "
+            "(or import a published model) so its preprocessing is known"
+        )
+    class_scheme = json.loads(props["fas.class_scheme"])
+    class_scheme["spoof_type_classes"] = {int(k): v for k, v in class_scheme["spoof_type_classes"].items()}
+    return ModelInfo(
+        convention=InputConvention.from_dict(json.loads(props["fas.convention"])),
+        class_scheme=ClassScheme.from_dict(class_scheme),
+        backbone=props.get("fas.backbone", "unknown"),
+        config=json.loads(props["fas.config"]) if "fas.config" in props else None,
+    )

@@ -1,0 +1,1 @@
+"""Inference: one interface over PyTorch checkpoints and ONNX files (and, later, face detection)."""

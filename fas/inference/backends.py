@@ -1,0 +1,73 @@
+"""Backends turn a preprocessed NCHW float32 batch into logits, whatever the model's format.
+
+Evaluation, export parity checks and prediction all go through `load_backend(path)`, so a Lightning
+checkpoint and its ONNX export are scored by one code path. Each backend carries the `ModelInfo`
+(input convention, class scheme) that says how to preprocess for it and how to read its output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from fas.export.onnx import INPUT_NAME, ModelInfo, read_metadata
+from fas.models.checkpoint import CheckpointMismatchError
+
+
+class Backend(Protocol):
+    info: ModelInfo
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, S, S) float32, already normalised per `info.convention` -> (N, classes) float32."""
+        ...
+
+
+class TorchBackend:
+    def __init__(self, model: torch.nn.Module, info: ModelInfo, device: str = "cpu") -> None:
+        self.model = model.eval().to(device)
+        self.info = info
+        self.device = device
+
+    @classmethod
+    def from_lightning_checkpoint(cls, path: str | Path, device: str = "cpu") -> TorchBackend:
+        from fas.module import LivenessModule
+
+        try:
+            module = LivenessModule.load_from_checkpoint(path, map_location=device, weights_only=False)
+        except (KeyError, TypeError) as error:
+            raise CheckpointMismatchError(f"{path} is not a fas Lightning checkpoint ({error})") from None
+        info = ModelInfo(module.convention, module.class_scheme, module.hparams.backbone)
+        return cls(module.backbone.to(memory_format=torch.contiguous_format), info, device)
+
+    @torch.no_grad()
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+
+
+class OnnxBackend:
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.info = read_metadata(path)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+
+
+def load_backend(path: str | Path, device: str = "cpu", threads: int | None = None) -> Backend:
+    """A backend for a `.ckpt` (Lightning) or `.onnx` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointMismatchError(f"{path}: model file not found; check the path")
+    if path.suffix == ".onnx":
+        return OnnxBackend(path, threads)
+    if path.suffix == ".ckpt":
+        return TorchBackend.from_lightning_checkpoint(path, device)
+    raise CheckpointMismatchError(f"{path}: unsupported model file; expected a Lightning .ckpt or an .onnx export")
