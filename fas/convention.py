@@ -84,3 +84,13 @@ class ClassScheme:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ClassScheme:
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What an exported model says about itself."""
+
+    convention: InputConvention
+    class_scheme: ClassScheme
+    backbone: str
+    config: dict[str, Any] | None = None

@@ -7,8 +7,8 @@ import onnx
 import pytest
 import torch
 
-from fas.convention import ClassScheme, InputConvention
-from fas.export.onnx import ModelInfo, OnnxMetadataError, export_onnx, read_metadata
+from fas.convention import ClassScheme, InputConvention, ModelInfo
+from fas.export.onnx import OnnxMetadataError, export_onnx, read_metadata
 from fas.inference.backends import TorchBackend, load_backend
 from fas.models import build_backbone
 

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import onnx
 import torch
 from torch import nn
 
-from fas.convention import ClassScheme, InputConvention
+from fas.convention import ClassScheme, InputConvention, ModelInfo
 from fas.errors import FasError
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -29,16 +27,6 @@ OPSET = 18
 
 class OnnxMetadataError(FasError, ValueError):
     """The ONNX file lacks the metadata fas needs to preprocess its input."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What an exported model says about itself."""
-
-    convention: InputConvention
-    class_scheme: ClassScheme
-    backbone: str
-    config: dict[str, Any] | None = None
 
 
 def export_onnx(backbone: nn.Module, info: ModelInfo, path: str | Path, opset: int = OPSET) -> Path:

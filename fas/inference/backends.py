@@ -14,7 +14,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from fas.export.onnx import INPUT_NAME, ModelInfo, read_metadata
+from fas.convention import ModelInfo
+from fas.export.onnx import INPUT_NAME, read_metadata
 from fas.models.checkpoint import CheckpointMismatchError
 
 
