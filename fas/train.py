@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fas.data.datamodule import FaceDataModule
 from fas.errors import ConfigError
+from fas.export.callback import OnnxExport
 from fas.models.checkpoint import check_resume_checkpoint, load_backbone_weights
 from fas.module import LivenessModule
 from fas.report import write_metrics
@@ -85,6 +86,9 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     log.info("Run directory: %s", output_dir)
     log.info("Best checkpoint: %s", best or "none (no ModelCheckpoint callback)")
     log.info("Report: %s", report)
+    for callback in callbacks:
+        if isinstance(callback, OnnxExport) and callback.result is not None:
+            log.info("Export: %s", callback.result.summary())
     value = metrics.get(cfg.get("optimized_metric"))
     return (float(value) if value is not None else None), metrics
 

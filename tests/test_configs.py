@@ -23,6 +23,7 @@ GROUPS = [
     "trainer",
     "logger",
     "callbacks",
+    "quantization",
     "debug",
     "experiment",
 ]

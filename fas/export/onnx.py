@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -23,6 +26,14 @@ from fas.errors import FasError
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 OPSET = 18
+# Library loggers that narrate every export step at INFO (Hydra runs log INFO); the registration one
+# warns on every export that torchvision, which fas does not use, is not installed.
+EXPORTER_LOGGERS = {
+    "onnxscript": logging.WARNING,
+    "onnx_ir": logging.WARNING,
+    "torch.onnx": logging.WARNING,
+    "torch.onnx._internal.exporter._registration": logging.ERROR,
+}
 
 
 class OnnxMetadataError(FasError, ValueError):
@@ -37,7 +48,7 @@ def export_onnx(backbone: nn.Module, info: ModelInfo, path: str | Path, opset: i
     model = copy.deepcopy(backbone).eval().to(memory_format=torch.contiguous_format)
     example = torch.zeros(2, 3, size, size)
     batch = torch.export.Dim("batch", min=1)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_loggers(EXPORTER_LOGGERS):
         program = torch.onnx.export(
             model,
             (example,),
@@ -47,12 +58,29 @@ def export_onnx(backbone: nn.Module, info: ModelInfo, path: str | Path, opset: i
             dynamic_shapes=({0: batch},),
             opset_version=opset,
             external_data=False,
+            verbose=False,
         )
     proto = program.model_proto
+    for node in proto.graph.node:  # the exporter's per-node debug notes are a third of the file
+        del node.metadata_props[:]
     write_metadata(proto, info)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save_model(proto, path)
     return path
+
+
+@contextmanager
+def quiet_loggers(levels: dict[str, int]) -> Iterator[None]:
+    """Set the level of the named loggers for the duration of a call."""
+    loggers = {logging.getLogger(name): level for name, level in levels.items()}
+    previous = {logger: logger.level for logger in loggers}
+    for logger, level in loggers.items():
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, level in previous.items():
+            logger.setLevel(level)
 
 
 def write_metadata(proto: onnx.ModelProto, info: ModelInfo) -> None:

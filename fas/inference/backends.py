@@ -41,7 +41,8 @@ class TorchBackend:
             module = LivenessModule.load_from_checkpoint(path, map_location=device, weights_only=False)
         except (KeyError, TypeError) as error:
             raise CheckpointMismatchError(f"{path} is not a fas Lightning checkpoint ({error})") from None
-        info = ModelInfo(module.convention, module.class_scheme, module.hparams.backbone)
+        settings = {k: v for k, v in module.hparams.items() if isinstance(v, bool | int | float | str)}
+        info = ModelInfo(module.convention, module.class_scheme, module.hparams.backbone, settings)
         return cls(module.backbone.to(memory_format=torch.contiguous_format), info, device)
 
     @torch.no_grad()

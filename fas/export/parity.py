@@ -1,0 +1,124 @@
+"""Parity and cost of an export: PyTorch vs FP32 ONNX vs INT8 ONNX on the same test crops.
+
+Every model is scored through `fas.inference.backends`, the code path evaluation and prediction use.
+The decision compared between INT8 and FP32 is live vs spoof (argmax == real class), the accuracy
+is the argmax accuracy over the class scheme's targets, in percentage points.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fas.inference.backends import Backend, OnnxBackend
+
+FP32_TOLERANCE = 1e-4  # max |logit difference| allowed between PyTorch and the FP32 ONNX file
+INT8_ACCURACY_BUDGET = 0.5  # points of accuracy INT8 may lose against FP32 before a warning
+SCORING_BATCH = 64
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Preprocessed crops (N, 3, S, S) float32 and their class targets (N,)."""
+
+    images: np.ndarray
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def batched_logits(backend: Backend, images: np.ndarray) -> np.ndarray:
+    return np.concatenate(
+        [backend.logits(images[i : i + SCORING_BATCH]) for i in range(0, len(images), SCORING_BATCH)]
+    ).astype(np.float64)
+
+
+def latency_ms(path: str | Path, input_size: int, runs: int = 100, warmup: int = 10) -> float:
+    """Median wall time of one single-thread batch-1 inference, in milliseconds."""
+    backend = OnnxBackend(path, threads=1)
+    image = np.random.default_rng(0).uniform(0, 1, (1, 3, input_size, input_size)).astype(np.float32)
+    for _ in range(warmup):
+        backend.logits(image)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        backend.logits(image)
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def accuracy_points(logits: np.ndarray, targets: np.ndarray) -> float:
+    return 100 * float(np.mean(logits.argmax(axis=1) == targets))
+
+
+def parity(
+    torch_backend: Backend, fp32_path: Path, int8_path: Path | None, data: LabelledImages, real_class_index: int
+) -> dict[str, Any]:
+    """The numbers of the report (see module docstring); `int8` is absent when no INT8 file was made."""
+    torch_logits = batched_logits(torch_backend, data.images)
+    fp32_logits = batched_logits(OnnxBackend(fp32_path), data.images)
+    size = data.images.shape[-1]
+    report: dict[str, Any] = {
+        "test_images": len(data),
+        "pytorch": {"accuracy": accuracy_points(torch_logits, data.targets)},
+        "fp32": {
+            "file_bytes": fp32_path.stat().st_size,
+            "max_abs_logit_diff_vs_pytorch": float(np.abs(fp32_logits - torch_logits).max()),
+            "tolerance": FP32_TOLERANCE,
+            "accuracy": accuracy_points(fp32_logits, data.targets),
+            "latency_ms": latency_ms(fp32_path, size),
+        },
+    }
+    if int8_path is not None:
+        int8_logits = batched_logits(OnnxBackend(int8_path), data.images)
+        fp32_live = fp32_logits.argmax(axis=1) == real_class_index
+        int8_live = int8_logits.argmax(axis=1) == real_class_index
+        accuracy = accuracy_points(int8_logits, data.targets)
+        report["int8"] = {
+            "file_bytes": int8_path.stat().st_size,
+            "max_abs_logit_diff_vs_fp32": float(np.abs(int8_logits - fp32_logits).max()),
+            "decision_agreement": float(np.mean(fp32_live == int8_live)),
+            "accuracy": accuracy,
+            "accuracy_delta_points": accuracy - report["fp32"]["accuracy"],
+            "latency_ms": latency_ms(int8_path, size),
+        }
+    return report
+
+
+def write_report(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
+    """`report.json` (everything) and `report.md` (a table for people) in `directory`."""
+    json_path, md_path = directory / "report.json", directory / "report.md"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    md_path.write_text(markdown(report))
+    return json_path, md_path
+
+
+def markdown(report: dict[str, Any]) -> str:
+    fp32, int8 = report["fp32"], report.get("int8")
+    rows = [
+        "| | PyTorch | FP32 ONNX | INT8 ONNX |",
+        "|---|---|---|---|",
+        f"| file | {report['source']} | model.onnx, {fp32['file_bytes'] / 1024:.0f} KiB | "
+        + (f"model_int8.onnx, {int8['file_bytes'] / 1024:.0f} KiB |" if int8 else "not made |"),
+        f"| accuracy (%) | {report['pytorch']['accuracy']:.2f} | {fp32['accuracy']:.2f} | "
+        + (f"{int8['accuracy']:.2f} ({int8['accuracy_delta_points']:+.2f} vs FP32) |" if int8 else "- |"),
+        f"| max abs logit difference | - | {fp32['max_abs_logit_diff_vs_pytorch']:.2e} vs PyTorch | "
+        + (f"{int8['max_abs_logit_diff_vs_fp32']:.3f} vs FP32 |" if int8 else "- |"),
+        "| live/spoof decision agreement with FP32 | - | - | "
+        + (f"{100 * int8['decision_agreement']:.2f}% |" if int8 else "- |"),
+        f"| latency, 1 thread, batch 1 (ms) | - | {fp32['latency_ms']:.2f} | "
+        + (f"{int8['latency_ms']:.2f} |" if int8 else "- |"),
+    ]
+    return (
+        f"# Export of {report['backbone']} ({report['input_size']}x{report['input_size']})\n\n"
+        f"Test split: {report['test_images']} crops. Quantization: {report['quantization']['method']}"
+        f" ({report['quantization']}). Graph rewrites for CPU: {'on' if report['optimize'] else 'off'}.\n\n"
+        + "\n".join(rows)
+        + "\n"
+    )

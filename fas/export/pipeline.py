@@ -1,0 +1,178 @@
+"""Checkpoint -> `model.onnx` (FP32, rewritten for CPU) -> `model_int8.onnx` -> parity and cost report.
+
+`export_model` is the one code path behind the end-of-training callback (`fas.export.callback`) and
+`python export.py ckpt_path=...` (`export`). Models are loaded with `load_backend`, so any format it
+reads as a PyTorch model can be exported. Calibration crops are a seeded sample of the training split
+and parity is measured on the test split, both cropped and normalised with the model's own input
+convention and without augmentation.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import onnx
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from fas.convention import ModelInfo
+from fas.data.datamodule import FaceCropDataset, FaceDataModule
+from fas.errors import FasError
+from fas.export.onnx import export_onnx
+from fas.export.parity import INT8_ACCURACY_BUDGET, LabelledImages, parity, write_report
+from fas.export.quantize import QuantizationRecipe, quantize
+from fas.export.rewrite import optimize_for_cpu
+from fas.inference.backends import TorchBackend, load_backend
+
+log = logging.getLogger(__name__)
+
+FP32_NAME, INT8_NAME = "model.onnx", "model_int8.onnx"
+CALIBRATION_SEED = 0
+
+
+class ExportError(FasError, RuntimeError):
+    """The model cannot be exported, or its export does not match it."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    directory: Path
+    fp32: Path
+    int8: Path | None
+    report_json: Path
+    report_md: Path
+    report: dict[str, Any]
+
+    def summary(self) -> str:
+        fp32 = self.report["fp32"]
+        text = f"{self.fp32} (max |dlogit| vs PyTorch {fp32['max_abs_logit_diff_vs_pytorch']:.1e})"
+        if self.int8 is not None:
+            int8 = self.report["int8"]
+            text += (
+                f", {self.int8} ({int8['file_bytes'] / 1024:.0f} KiB, accuracy {int8['accuracy_delta_points']:+.2f}"
+                f" points vs FP32, {int8['latency_ms']:.2f} ms vs {fp32['latency_ms']:.2f} ms FP32)"
+            )
+        return f"{text}; report {self.report_md}"
+
+
+def export_model(
+    model_path: str | Path,
+    output_dir: str | Path,
+    recipe: QuantizationRecipe,
+    datamodule: FaceDataModule,
+    optimize: bool = True,
+) -> ExportResult:
+    """Export `model_path` into `output_dir` and measure the files against the PyTorch model."""
+    backend = load_backend(model_path)
+    if not isinstance(backend, TorchBackend):
+        raise ExportError(f"{model_path}: export needs a PyTorch model (a .ckpt), not an ONNX file")
+    check_data_fits(backend.info, datamodule, model_path)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    directory = Path(output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    fp32 = write_fp32(backend, directory / FP32_NAME, optimize)
+    calibration = calibration_images(datamodule, recipe.calibration_samples) if recipe.needs_calibration else None
+    int8 = quantize(fp32, directory / INT8_NAME, recipe, calibration)
+    test = labelled_images(datamodule.splits["test"])
+    report = {
+        "source": str(model_path),
+        "backbone": backend.info.backbone,
+        "input_size": backend.info.convention.input_size,
+        "class_names": list(backend.info.class_scheme.class_names),
+        "real_class_index": backend.info.class_scheme.real_class_index,
+        "optimize": optimize,
+        "quantization": recipe.to_dict(),
+        **parity(backend, fp32, int8, test, backend.info.class_scheme.real_class_index),
+    }
+    report_json, report_md = write_report(report, directory)
+    result = ExportResult(directory, fp32, int8, report_json, report_md, report)
+    check_parity(result)
+    return result
+
+
+def write_fp32(backend: TorchBackend, path: Path, optimize: bool) -> Path:
+    with tempfile.TemporaryDirectory() as tmp:
+        proto = onnx.load(str(export_onnx(backend.model, backend.info, Path(tmp) / FP32_NAME)))
+    if optimize:
+        proto = optimize_for_cpu(proto)
+    onnx.save_model(proto, path)
+    return path
+
+
+def check_data_fits(info: ModelInfo, datamodule: FaceDataModule, model_path: str | Path) -> None:
+    if datamodule.convention != info.convention or datamodule.class_scheme != info.class_scheme:
+        raise ExportError(
+            f"{model_path}: the data module crops with {datamodule.convention} and scheme "
+            f"'{datamodule.class_scheme.name}', but the model expects {info.convention} and "
+            f"'{info.class_scheme.name}'; build the data module with `datamodule_for(data_cfg, info)`"
+        )
+
+
+def check_parity(result: ExportResult) -> None:
+    fp32, int8 = result.report["fp32"], result.report.get("int8")
+    if fp32["max_abs_logit_diff_vs_pytorch"] > fp32["tolerance"]:
+        raise ExportError(
+            f"{result.fp32} differs from the PyTorch model by {fp32['max_abs_logit_diff_vs_pytorch']:.2e} "
+            f"(tolerance {fp32['tolerance']:.0e}); export with optimize=false and report the model"
+        )
+    if int8 is not None and int8["accuracy_delta_points"] < -INT8_ACCURACY_BUDGET:
+        log.warning(
+            "INT8 loses %.2f accuracy points against FP32 (budget %.1f); try quantization.calibration_method="
+            "entropy or percentile, more calibration_samples, or quantization=none",
+            -int8["accuracy_delta_points"],
+            INT8_ACCURACY_BUDGET,
+        )
+
+
+def calibration_images(datamodule: FaceDataModule, count: int) -> np.ndarray:
+    """A seeded sample of `count` training crops through the model's preprocessing, unaugmented."""
+    train = datamodule.splits["train"]
+    plain = FaceCropDataset(train.samples, datamodule.convention)
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    chosen = rng.choice(len(plain), size=min(count, len(plain)), replace=False)
+    return labelled_images(Subset(plain, sorted(chosen.tolist()))).images
+
+
+def labelled_images(dataset: Dataset) -> LabelledImages:
+    images, targets = [], []
+    for batch in DataLoader(dataset, batch_size=64, shuffle=False, num_workers=0):
+        images.append(batch["image"].numpy())
+        targets.append(torch.as_tensor(batch["target"]).numpy())
+    return LabelledImages(np.concatenate(images).astype(np.float32), np.concatenate(targets))
+
+
+def datamodule_for(data_cfg: DictConfig, info: ModelInfo) -> FaceDataModule:
+    """The data config's dataset, cropped and labelled the way the model expects, without augmentation."""
+    convention = info.convention
+    return hydra.utils.instantiate(
+        data_cfg,
+        class_scheme={"_target_": "fas.convention.ClassScheme", **info.class_scheme.to_dict()},
+        input_size=convention.input_size,
+        crop_scale=convention.crop_scale,
+        crop_mode=convention.crop_mode,
+        color_order=convention.color_order,
+        pixel_scale=convention.pixel_scale,
+        mean=list(convention.mean),
+        std=list(convention.std),
+        train_transform=None,
+    )
+
+
+def export(cfg: DictConfig) -> ExportResult:
+    """`python export.py ckpt_path=...`: the datamodule follows the checkpoint's convention."""
+    info = load_backend(cfg.ckpt_path).info
+    recipe: QuantizationRecipe = hydra.utils.instantiate(cfg.quantization)
+    result = export_model(
+        cfg.ckpt_path, Path(cfg.paths.output_dir) / "export", recipe, datamodule_for(cfg.data, info), cfg.optimize
+    )
+    log.info("Exported %s", result.summary())
+    return result

@@ -1,0 +1,196 @@
+"""INT8 recipes (`configs/quantization/`): static QDQ (default), dynamic, or none.
+
+- `static`: QDQ format, signed per-channel weights, unsigned activations whose ranges are calibrated
+  on real training crops (MinMax, Entropy or Percentile), after `quant_pre_process`. ONNX Runtime
+  runs it as QLinearConv/QLinearAdd; with AVX-512 VNNI it is the fastest CPU form.
+- `dynamic`: weights only, activation ranges measured per inference (ConvInteger +
+  DynamicQuantizeLinear), as in the published suri-liveness INT8 file; no calibration data, but
+  slower than FP32 on CPU (DESIGN.md).
+- `none`: FP32 only.
+
+The quantized file is then compacted without changing any value (`compact`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from fas.errors import ConfigError
+from fas.export.onnx import INPUT_NAME, quiet_loggers
+
+METHODS = ("static", "dynamic", "none")
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
+CALIBRATION_BATCH = 16
+
+
+@dataclass(frozen=True)
+class QuantizationRecipe:
+    """How to make `model_int8.onnx`; `calibration_samples` training crops are used by `static`."""
+
+    method: str = "static"
+    calibration_method: str = "minmax"
+    calibration_samples: int = 128
+    per_channel: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"quantization.method must be one of {', '.join(METHODS)}, got '{self.method}'")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise ConfigError(
+                f"quantization.calibration_method must be one of {', '.join(CALIBRATION_METHODS)}, "
+                f"got '{self.calibration_method}'"
+            )
+        if self.method == "static" and self.calibration_samples < 1:
+            raise ConfigError("quantization.calibration_samples must be at least 1 for static quantization")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method == "static"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ArrayReader(CalibrationDataReader):
+    """Feeds calibration images to ONNX Runtime's calibrator in small batches."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.batches: Iterator[np.ndarray] = iter(
+            np.ascontiguousarray(images[i : i + CALIBRATION_BATCH], dtype=np.float32)
+            for i in range(0, len(images), CALIBRATION_BATCH)
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+
+def quantize(
+    fp32_path: str | Path, int8_path: str | Path, recipe: QuantizationRecipe, calibration: np.ndarray | None = None
+) -> Path | None:
+    """Write the INT8 model of `fp32_path` to `int8_path` (None for recipe `none`); metadata is kept."""
+    if recipe.method == "none":
+        return None
+    if recipe.needs_calibration and (calibration is None or len(calibration) == 0):
+        raise ConfigError("static quantization needs calibration images; use quantization=dynamic or none without data")
+    int8_path = Path(int8_path)
+    with tempfile.TemporaryDirectory() as tmp, quiet_loggers({"onnxruntime.quantization": logging.WARNING}):
+        prepared = Path(tmp) / "prepared.onnx"
+        raw = Path(tmp) / "int8.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))
+        if recipe.method == "static":
+            quantize_static(
+                str(prepared),
+                str(raw),
+                ArrayReader(calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=recipe.per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CALIBRATION_METHODS[recipe.calibration_method],
+            )
+        else:
+            quantize_dynamic(str(prepared), str(raw), weight_type=QuantType.QUInt8, per_channel=recipe.per_channel)
+        model = compact(onnx.load(str(raw)))
+    copy_metadata(onnx.load(str(fp32_path), load_external_data=False), model)
+    model.metadata_props.add(key="fas.quantization", value=json.dumps(recipe.to_dict()))
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save_model(model, int8_path)
+    return int8_path
+
+
+def copy_metadata(source: onnx.ModelProto, target: onnx.ModelProto) -> None:
+    fas_keys = {p.key: p.value for p in source.metadata_props if p.key.startswith("fas.")}
+    kept = [p for p in target.metadata_props if p.key not in fas_keys]
+    del target.metadata_props[:]
+    target.metadata_props.extend(kept)
+    for key, value in fas_keys.items():
+        target.metadata_props.add(key=key, value=value)
+
+
+def compact(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shrink a quantized model without changing a number.
+
+    The quantizer stores an all-zero zero-point array for every weight and bias, and long derived
+    names ("<layer>.weight_DequantizeLinear_Output"): together about a quarter of the file. Zero
+    points equal to the default are dropped, tensors get short names (graph input and output names
+    are kept), and node names and shape annotations go.
+    """
+    drop_default_zero_points(model.graph)
+    rename_tensors(model.graph)
+    del model.graph.value_info[:]
+    return model
+
+
+def drop_default_zero_points(graph: onnx.GraphProto) -> None:
+    """Remove all-zero zero points of DequantizeLinear on int8/int32 constants read by a Conv.
+
+    0 is the default of the optional input. ORT fuses such a Conv into QLinearConv all the same;
+    its Gemm fusion (QGemm) wants the input present, so Gemm weights keep theirs.
+    """
+    constants = {t.name: t for t in graph.initializer}
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) < 3 or node.input[0] not in constants:
+            continue
+        zero_point = constants.get(node.input[2])
+        if zero_point is None or readers.get(node.output[0]) != {"Conv"}:
+            continue
+        values = numpy_helper.to_array(zero_point)
+        if values.dtype in (np.int8, np.int32) and not values.any():
+            del node.input[2]
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def rename_tensors(graph: onnx.GraphProto) -> None:
+    """Give every internal tensor a short base-36 name; clear node names and doc strings."""
+    fixed = {"", *(i.name for i in graph.input), *(o.name for o in graph.output)}
+    candidates = (f"t{np.base_repr(i, 36).lower()}" for i in itertools.count())
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if name in fixed:
+            return name
+        if name not in names:
+            names[name] = next(c for c in candidates if c not in fixed)
+        return names[name]
+
+    for tensor in graph.initializer:
+        tensor.name = short(tensor.name)
+        tensor.doc_string = ""
+    for node in graph.node:
+        node.name = ""
+        node.doc_string = ""
+        del node.metadata_props[:]
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]

@@ -1,0 +1,126 @@
+"""The export path end to end: the callback at the end of a short fit, `export(cfg)` and `export.py`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import onnx
+import pytest
+from conftest import REPO_ROOT, compose_train
+
+from fas.convention import ClassScheme
+from fas.data.celeba_spoof import read_split
+from fas.data.datamodule import FaceDataModule
+from fas.export.onnx import read_metadata
+from fas.export.pipeline import ExportError, export, export_model
+from fas.export.quantize import QuantizationRecipe
+from fas.train import train
+
+pytestmark = pytest.mark.slow  # a short fit, in-process and command-line exports: about a minute
+
+TINY_RUN = [
+    "data=celeba_spoof",
+    "data.num_workers=0",
+    "data.batch_size=8",
+    "data.eval_batch_size=16",
+    "+trainer.enable_progress_bar=false",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> tuple[Path, list[str]]:
+    """A 2-epoch fit at 64x64 with the default callbacks; returns the run directory and train()'s log."""
+    run_dir = tmp_path_factory.mktemp("export_fit")
+    cfg = compose_train(
+        [*TINY_RUN, f"data.root={tiny_data}", "data.input_size=64", "trainer.max_epochs=2", "seed=0"], run_dir
+    )
+    messages: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("fas.train")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        train(cfg)
+    finally:
+        logger.removeHandler(handler)
+    return run_dir, messages
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    return next(p for p in (run_dir / "checkpoints").glob("epoch_*.ckpt"))
+
+
+def test_training_ends_with_both_files_and_the_report(trained: tuple[Path, list[str]], tiny_data: Path) -> None:
+    run_dir, messages = trained
+    export_dir = run_dir / "export"
+    assert {p.name for p in export_dir.iterdir()} == {"model.onnx", "model_int8.onnx", "report.json", "report.md"}
+    report = json.loads((export_dir / "report.json").read_text())
+    scheme = ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1})
+    assert report["test_images"] == len(read_split(tiny_data, "test", scheme)[0])
+    assert report["source"] == str(best_checkpoint(run_dir))
+    assert report["fp32"]["max_abs_logit_diff_vs_pytorch"] <= 1e-4
+    assert report["fp32"]["accuracy"] == pytest.approx(report["pytorch"]["accuracy"])
+    int8 = report["int8"]
+    assert 0.0 <= int8["decision_agreement"] <= 1.0 and int8["latency_ms"] > 0
+    assert int8["accuracy_delta_points"] == pytest.approx(int8["accuracy"] - report["fp32"]["accuracy"])
+    assert report["quantization"]["method"] == "static" and report["optimize"] is True
+    assert "| accuracy (%) |" in (export_dir / "report.md").read_text()
+    info = read_metadata(export_dir / "model.onnx")
+    assert read_metadata(export_dir / "model_int8.onnx") == info
+    assert info.convention.input_size == 64 and info.class_scheme == scheme
+    assert info.config["backbone"] == "minifasnet_v2se" and info.config["ft_weight"] == 0.5
+    assert any(m.startswith(f"Export: {export_dir / 'model.onnx'}") for m in messages), messages
+
+
+def test_export_without_int8_in_process(trained: tuple[Path, list[str]], tiny_data: Path, tmp_path: Path) -> None:
+    run_dir, _ = trained
+    cfg = compose_train(
+        [f"ckpt_path={best_checkpoint(run_dir)}", "data=celeba_spoof", f"data.root={tiny_data}", "quantization=none"],
+        tmp_path,
+        config_name="export",
+    )
+    result = export(cfg)
+    assert result.fp32 == tmp_path / "export" / "model.onnx" and result.int8 is None
+    assert "int8" not in result.report and "not made" in result.report_md.read_text()
+    assert read_metadata(result.fp32).convention.input_size == 64  # the checkpoint's, not data.input_size
+
+
+def test_export_cli_with_dynamic_quantization(trained: tuple[Path, list[str]], tiny_data: Path, tmp_path: Path) -> None:
+    run_dir, _ = trained
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "export.py"),
+        f"ckpt_path={best_checkpoint(run_dir)}",
+        "data=celeba_spoof",
+        f"data.root={tiny_data}",
+        "quantization=dynamic",
+        "optimize=false",
+    ]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (int8,) = tmp_path.glob("logs/export/runs/*/export/model_int8.onnx")
+    ops = Counter(node.op_type for node in onnx.load(str(int8)).graph.node)
+    assert ops["ConvInteger"] > 0 and ops["PRelu"] == 33  # optimize=false keeps the plain graph
+    report = json.loads((int8.parent / "report.json").read_text())
+    assert report["quantization"]["method"] == "dynamic" and report["optimize"] is False
+
+
+def test_export_cli_missing_checkpoint_is_one_line(tmp_path: Path) -> None:
+    command = [sys.executable, str(REPO_ROOT / "export.py"), "ckpt_path=missing.ckpt"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2 and lines == ["error: missing.ckpt: model file not found; check the path"]
+
+
+def test_data_with_another_convention_is_refused(trained: tuple[Path, list[str]], tiny_data: Path) -> None:
+    run_dir, _ = trained
+    scheme = ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1})
+    datamodule = FaceDataModule(str(tiny_data), scheme, input_size=80)
+    with pytest.raises(ExportError, match=r"the model expects .*input_size=64.*datamodule_for"):
+        export_model(best_checkpoint(run_dir), run_dir / "other", QuantizationRecipe(), datamodule)
