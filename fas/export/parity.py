@@ -18,7 +18,7 @@ import numpy as np
 from fas.inference.backends import Backend, OnnxBackend
 
 FP32_TOLERANCE = 1e-4  # max |logit difference| allowed between PyTorch and the FP32 ONNX file
-INT8_ACCURACY_BUDGET = 0.5  # points of accuracy INT8 may lose against FP32 before a warning
+INT8_ACCURACY_BUDGET = 0.5  # points of accuracy INT8 may change against FP32 before a warning
 SCORING_BATCH = 64
 
 

@@ -47,14 +47,15 @@ class Graph:
     def producers(self) -> dict[str, onnx.NodeProto]:
         return {name: node for node in self.graph.node for name in node.output}
 
-    def consumers(self) -> dict[str, list[onnx.NodeProto]]:
-        """Consumers of each tensor; a graph output counts as one more consumer (it must stay)."""
-        found: dict[str, list[onnx.NodeProto]] = {}
+    def sole_readers(self) -> dict[str, onnx.NodeProto]:
+        """The node that reads a tensor, for tensors that exactly one node reads and that are not
+        graph outputs: only those can be rewritten without changing what anything else sees."""
+        readers: dict[str, list[onnx.NodeProto]] = {}
         for node in self.graph.node:
             for name in node.input:
-                found.setdefault(name, []).append(node)
+                readers.setdefault(name, []).append(node)
         outputs = {o.name for o in self.graph.output}
-        return {name: nodes + [onnx.NodeProto()] * (name in outputs) for name, nodes in found.items()}
+        return {name: nodes[0] for name, nodes in readers.items() if len(nodes) == 1 and name not in outputs}
 
     def constant(self, name: str) -> np.ndarray | None:
         return self.constants.get(name)
@@ -141,12 +142,12 @@ def gemm_parts(graph: Graph, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarr
 def fuse_gemm_chains(model: onnx.ModelProto) -> onnx.ModelProto:
     """Gemm -> Gemm with nothing between them becomes one Gemm: W2 (W1 x + b1) + b2."""
     graph = Graph(model)
-    producers, consumers = graph.producers(), graph.consumers()
+    producers, sole_readers = graph.producers(), graph.sole_readers()
     fused: set[str] = set()
     for node in graph.nodes:
         second = gemm_parts(graph, node)
         first_node = producers.get(node.input[0])
-        if second is None or first_node is None or len(consumers[first_node.output[0]]) != 1:
+        if second is None or first_node is None or sole_readers.get(first_node.output[0]) is not node:
             continue
         first = gemm_parts(graph, first_node)
         if first is None:
@@ -197,7 +198,7 @@ def padded(values: np.ndarray, axis: int, extra: int) -> np.ndarray:
 
 
 def channel_chain(
-    graph: Graph, start: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]]
+    graph: Graph, start: onnx.NodeProto, sole_readers: dict[str, onnx.NodeProto]
 ) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
     """From a dense Conv of C outputs: the per-channel nodes (activations, depthwise convs) that follow
     it one after another, and the dense Conv that reads the C channels back; None if not that shape."""
@@ -205,10 +206,9 @@ def channel_chain(
     middle: list[onnx.NodeProto] = []
     tensor = start.output[0]
     while True:
-        users = consumers.get(tensor, [])
-        if len(users) != 1:
+        user = sole_readers.get(tensor)
+        if user is None:
             return None
-        user = users[0]
         if user.op_type in ACTIVATIONS or is_depthwise(graph, user, channels):
             middle.append(user)
             tensor = user.output[0]
@@ -226,13 +226,13 @@ def pad_channels(model: onnx.ModelProto, multiple: int = NCHWC_BLOCK) -> onnx.Mo
     reads them with zero weights: the output is unchanged.
     """
     graph = Graph(model)
-    consumers = graph.consumers()
+    sole_readers = graph.sole_readers()
     for start in graph.nodes:
         if not is_dense(graph, start):
             continue
         channels = conv_weight(graph, start).shape[0]
         extra = -channels % multiple
-        chain = channel_chain(graph, start, consumers) if extra else None
+        chain = channel_chain(graph, start, sole_readers) if extra else None
         if chain is None:
             continue
         middle, end = chain
