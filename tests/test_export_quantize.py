@@ -98,3 +98,8 @@ def test_recipe_errors_name_the_setting(fp32_model: Path, tmp_path: Path) -> Non
         QuantizationRecipe(calibration_method="kl")
     with pytest.raises(ConfigError, match=r"static quantization needs calibration images"):
         quantize(fp32_model, tmp_path / "x.onnx", QuantizationRecipe(), None)
+
+
+def test_calibration_count_need_not_fill_whole_batches(fp32_model: Path, tmp_path: Path) -> None:
+    recipe = QuantizationRecipe(calibration_method="percentile", calibration_samples=19)
+    assert quantize(fp32_model, tmp_path / "model_int8.onnx", recipe, images(19, seed=4)).is_file()

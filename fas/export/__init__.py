@@ -1,1 +1,3 @@
-"""Export: a trained backbone -> FP32 ONNX with its input convention in the metadata -> INT8."""
+"""Export: checkpoint -> FP32 ONNX with its input convention in the metadata (`onnx`) -> exact CPU graph
+rewrites (`rewrite`) -> INT8 (`quantize`) -> parity and cost report (`parity`); `pipeline` chains them
+for the end-of-training callback (`callback`) and `export.py`."""

@@ -48,7 +48,6 @@ CALIBRATION_METHODS = {
     "entropy": CalibrationMethod.Entropy,
     "percentile": CalibrationMethod.Percentile,
 }
-CALIBRATION_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -80,12 +79,12 @@ class QuantizationRecipe:
 
 
 class ArrayReader(CalibrationDataReader):
-    """Feeds calibration images to ONNX Runtime's calibrator in small batches."""
+    """Feeds calibration images to ONNX Runtime's calibrator one at a time: its histogram calibrators
+    (percentile, entropy) stack the outputs of all batches and fail when the last batch is smaller."""
 
     def __init__(self, images: np.ndarray) -> None:
         self.batches: Iterator[np.ndarray] = iter(
-            np.ascontiguousarray(images[i : i + CALIBRATION_BATCH], dtype=np.float32)
-            for i in range(0, len(images), CALIBRATION_BATCH)
+            np.ascontiguousarray(images[i : i + 1], dtype=np.float32) for i in range(len(images))
         )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
