@@ -52,3 +52,70 @@ def compose_train(overrides: list[str], run_dir: Path):
     with open_dict(cfg):
         del cfg.hydra  # kept by HydraConfig; the job config never carries it
     return cfg
+
+
+# How `broken_data` breaks samples: (split, index among the split's sorted keys, what is done, reason reported).
+BREAKAGES = [
+    ("train", 0, "delete _BB.txt", "missing _BB.txt"),
+    ("train", 1, "_BB.txt = 'left top width height'", "malformed _BB.txt, non-numeric values"),
+    ("train", 2, "_BB.txt = '1 2 3'", "malformed _BB.txt, expected 'x y w h score'"),
+    ("train", 3, "_BB.txt = '10 10 0 8 0.9'", "degenerate box x=10.0 y=10.0 w=0.0 h=8.0"),
+    ("train", 4, "_BB.txt = '300 10 20 20 0.9'", "lies outside the 224x224 frame"),
+    ("train", 5, "_BB.txt = '100 100 0.2 0.2 0.9'", "is under a pixel or outside the"),
+    ("train", 6, "truncate image", "truncated image (no end-of-image marker)"),
+    ("train", 7, "image = b'not an image'", "cannot decode the image"),
+    ("train", 8, "empty image", "empty image file"),
+    ("train", 9, "delete image", "image file missing"),
+    ("test", 0, "truncate image", "truncated image (no end-of-image marker)"),
+    ("test", 1, "delete _BB.txt", "missing _BB.txt"),
+]
+
+
+def break_samples(root: Path) -> dict[str, str]:
+    """Apply BREAKAGES to a CelebA-Spoof tree; returns {key: reason prepare must report}."""
+    import json
+
+    broken = {}
+    for split, index, action, reason in BREAKAGES:
+        key = sorted(json.loads((root / f"metas/intra_test/{split}_label.json").read_text()))[index]
+        image = root / key
+        bb = image.with_name(f"{image.stem}_BB.txt")
+        if action == "delete _BB.txt":
+            bb.unlink()
+        elif action.startswith("_BB.txt = "):
+            bb.write_text(action.split(" = ")[1].strip("'"))
+        elif action == "truncate image":
+            data = image.read_bytes()
+            image.write_bytes(data[: int(len(data) * 0.6)])
+        elif action == "image = b'not an image'":
+            image.write_bytes(b"not an image")
+        elif action == "empty image":
+            image.write_bytes(b"")
+        elif action == "delete image":
+            image.unlink()
+        broken[key] = reason
+    return broken
+
+
+@pytest.fixture(scope="session")
+def broken_data(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> tuple[Path, dict[str, str]]:
+    """`tiny_data` with one sample broken in each way CelebA-Spoof files break (BREAKAGES)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("broken_data") / "CelebA_Spoof"
+    shutil.copytree(tiny_data, root)
+    return root, break_samples(root)
+
+
+PREPARED_CROP_SETTINGS = {"size": 64, "scale": 2.7, "mode": "shift", "interpolation": None}
+
+
+@pytest.fixture(scope="session")
+def prepared_cache(tmp_path_factory: pytest.TempPathFactory, broken_data: tuple[Path, dict[str, str]]) -> Path:
+    """`python -m fas.data.prepare` run on `broken_data` (64 px shift crops, chunks of 8 samples)."""
+    from fas.data.cache import CropSpec
+    from fas.data.prepare import prepare
+
+    output = tmp_path_factory.mktemp("prepared") / "cache"
+    prepare(broken_data[0], output, CropSpec(**PREPARED_CROP_SETTINGS), workers=2, chunk_size=8, progress=False)
+    return output

@@ -58,3 +58,20 @@ def test_is_valid_box() -> None:
     assert not is_valid_box((10, 10, 0, 5), 100, 100)
     assert not is_valid_box((120, 10, 5, 5), 100, 100)
     assert not is_valid_box((float("nan"), 10, 5, 5), 100, 100)
+
+
+def test_interpolation_overrides_the_rule_and_unknown_names_are_refused() -> None:
+    import cv2
+
+    from fas.errors import ConfigError
+
+    image = np.random.default_rng(1).integers(0, 256, (100, 200, 3), dtype=np.uint8)
+    region = image[40:61, 30:71]  # shift_crop_box(200, 100, (40, 45, 20, 10), 2.0) == (30, 40, 70, 60)
+    for name, flag in (("nearest", cv2.INTER_NEAREST), ("area", cv2.INTER_AREA)):
+        expected = cv2.resize(region, (16, 16), interpolation=flag)
+        np.testing.assert_array_equal(shift_crop(image, (40, 45, 20, 10), 2.0, 16, name), expected)
+    np.testing.assert_array_equal(
+        shift_crop(image, (40, 45, 20, 10), 2.0, 16), cv2.resize(region, (16, 16), interpolation=cv2.INTER_LINEAR)
+    )
+    with pytest.raises(ConfigError, match="unknown interpolation 'bicubic'"):
+        crop_face(image, (40, 45, 20, 10), InputConvention(input_size=16), interpolation="bicubic")

@@ -11,10 +11,30 @@ import cv2
 import numpy as np
 
 from fas.convention import InputConvention
+from fas.errors import ConfigError
 
 Box = tuple[float, float, float, float]
 
 BB_FRAME = 224  # CelebA-Spoof's _BB.txt coordinates refer to the image resized to 224x224
+
+# Resampling of the crop to the output size. None keeps each rule's own: bilinear for the shift crop
+# (Silent-Face), area when shrinking and Lanczos when growing for the reflect crop (suri-liveness).
+INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST,
+    "linear": cv2.INTER_LINEAR,
+    "cubic": cv2.INTER_CUBIC,
+    "area": cv2.INTER_AREA,
+    "lanczos": cv2.INTER_LANCZOS4,
+}
+
+
+def interpolation_flag(name: str | None, default: int) -> int:
+    """The cv2 flag of an interpolation name; `default` when the name is None."""
+    if name is None:
+        return default
+    if name not in INTERPOLATIONS:
+        raise ConfigError(f"unknown interpolation {name!r}; choose one of {', '.join(INTERPOLATIONS)}, or null")
+    return INTERPOLATIONS[name]
 
 
 def bb224_to_pixels(box_224: Box, width: int, height: int) -> Box:
@@ -50,14 +70,19 @@ def shift_crop_box(width: int, height: int, box: Box, scale: float) -> tuple[int
     return int(x1), int(y1), int(x2), int(y2)
 
 
-def shift_crop(image: np.ndarray, box: Box, scale: float, out_size: int) -> np.ndarray:
+def shift_crop(
+    image: np.ndarray, box: Box, scale: float, out_size: int, interpolation: str | None = None
+) -> np.ndarray:
     """Silent-Face's `CropImage.crop`: shifted scaled box, then `cv2.resize` (bilinear) to out_size."""
     height, width = image.shape[:2]
     x1, y1, x2, y2 = shift_crop_box(width, height, box, scale)
-    return cv2.resize(image[y1 : y2 + 1, x1 : x2 + 1], (out_size, out_size))
+    flag = interpolation_flag(interpolation, cv2.INTER_LINEAR)
+    return cv2.resize(image[y1 : y2 + 1, x1 : x2 + 1], (out_size, out_size), interpolation=flag)
 
 
-def reflect_crop(image: np.ndarray, box: Box, scale: float, out_size: int) -> np.ndarray:
+def reflect_crop(
+    image: np.ndarray, box: Box, scale: float, out_size: int, interpolation: str | None = None
+) -> np.ndarray:
     """suri-liveness's crop: square of side max(w, h) * scale about the box centre, reflect-101
     padding where it leaves the image, resized to out_size (area when shrinking, Lanczos when growing).
     """
@@ -73,8 +98,8 @@ def reflect_crop(image: np.ndarray, box: Box, scale: float, out_size: int) -> np
         image = _reflect_pad(image, pad_top, pad_bottom, pad_left, pad_right)
         x1, x2, y1, y2 = x1 + pad_left, x2 + pad_left, y1 + pad_top, y2 + pad_top
     square = image[y1:y2, x1:x2]
-    interpolation = cv2.INTER_AREA if side > out_size else cv2.INTER_LANCZOS4
-    return cv2.resize(square, (out_size, out_size), interpolation=interpolation)
+    flag = interpolation_flag(interpolation, cv2.INTER_AREA if side > out_size else cv2.INTER_LANCZOS4)
+    return cv2.resize(square, (out_size, out_size), interpolation=flag)
 
 
 def _reflect_pad(image: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
@@ -88,11 +113,14 @@ def _reflect_pad(image: np.ndarray, top: int, bottom: int, left: int, right: int
     return image
 
 
-def crop_face(image: np.ndarray, box: Box, convention: InputConvention) -> np.ndarray:
-    """Crop a face from an HxWx3 uint8 image with the convention's rule and size."""
+def crop_face(image: np.ndarray, box: Box, convention: InputConvention, interpolation: str | None = None) -> np.ndarray:
+    """Crop a face from an HxWx3 uint8 image with the convention's rule and size.
+
+    `interpolation` overrides the rule's own resampling (see INTERPOLATIONS); None keeps it.
+    """
     if convention.crop_mode == "shift":
-        return shift_crop(image, box, convention.crop_scale, convention.input_size)
-    return reflect_crop(image, box, convention.crop_scale, convention.input_size)
+        return shift_crop(image, box, convention.crop_scale, convention.input_size, interpolation)
+    return reflect_crop(image, box, convention.crop_scale, convention.input_size, interpolation)
 
 
 def is_valid_box(box: Box, width: int, height: int) -> bool:
