@@ -162,10 +162,11 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(tiny_data: Path, tm
 
 
 def test_training_runs_on_the_prepared_cache(prepared: Path, tmp_path: Path) -> None:
-    """Train from the cache with Silent-Face's 3 classes; the real class index lands in the checkpoint."""
+    """Train from the cache with Silent-Face's 3 classes (bf16 on CPU); the real class index lands in the checkpoint."""
     overrides = [
         "data=celeba_spoof_packed",
         f"data.cache={prepared}",
+        "trainer=cpu_bf16",
         "data.input_size=64",
         "data.num_workers=1",
         "data.batch_size=8",

@@ -1,0 +1,342 @@
+"""Loader and train-step throughput at 128 px: individual images vs the packed cache, our pipeline vs a plain loop.
+
+    python experiments/loader_throughput/benchmark.py            # writes results.json and results.md here
+
+Data: the embedded synthetic dataset, its images re-saved at `--image-size` (default 960x720, JPEG q90),
+about the size of a CelebA-Spoof photo (77 GB over 625k images is ~120 KB a file), then prepared into a
+packed cache with `fas.data.prepare` (128 px, scale 2.7, shift). Both paths read from a warm page cache,
+which favours individual files: on the real 77 GB they also wait for the disk.
+
+1. Loader: images/s of one process (= per loader worker): read, crop, `silentface` augmentation,
+   normalise, collate into batches of 64; and with no augmentation.
+2. Train step: MiniFASNetV2SE + FT head at 128 px, batch 64, SGD, 2 threads, loader in the training
+   process (num_workers=0), so a step costs loading plus compute:
+   - plain loop as Silent-Face trains: individual images, the FT target computed per sample in numpy
+     inside the dataset (its `generate_FT`, from the crop before augmentation), NCHW float32, a bare
+     PyTorch loop;
+   - ours: LivenessModule under the Lightning Trainer, FT target batched with torch.fft from the
+     augmented batch, channels_last; from individual images and from the packed cache; fp32 and
+     bf16-mixed autocast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fas.convention import ClassScheme, InputConvention
+from fas.data.cache import CropSpec, images_path, read_cached_split
+from fas.data.celeba_spoof import read_split
+from fas.data.datamodule import FaceCropDataset, PackedCropDataset, face_item
+from fas.data.prepare import prepare
+from fas.data.synthetic import SyntheticConfig, generate
+from fas.losses import fourier_target, to_gray_255
+from fas.models import FTHead, build_backbone
+from fas.module import LivenessModule
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+SIZE, BATCH = 128, 64
+BINARY_ALL = ClassScheme("binary_all", ("live", "spoof"), 0, {t: int(t != 0) for t in range(11)})
+CONVENTION = InputConvention(input_size=SIZE, crop_scale=2.7, crop_mode="shift")
+
+
+def make_data(work: Path, images: int, image_size: tuple[int, int]) -> tuple[Path, Path]:
+    """A synthetic CelebA-Spoof tree re-saved at `image_size`, and its packed cache."""
+    subjects = max(2, images // 64)
+    root = work / f"tree_{images}_{image_size[0]}x{image_size[1]}"
+    marker = root / "resized.json"
+    if not marker.is_file():
+        generate(root, SyntheticConfig(train_subjects=subjects, test_subjects=1, images_per_subject=64), workers=2)
+        for path in sorted((root / "Data").rglob("*.jpg")):
+            image = cv2.resize(cv2.imread(str(path)), image_size, interpolation=cv2.INTER_CUBIC)
+            cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        marker.write_text(json.dumps({"size": image_size}))
+    cache = work / f"cache_{images}_{image_size[0]}x{image_size[1]}"
+    prepare(root, cache, CropSpec(SIZE, 2.7, "shift"), splits=("train",), workers=2, progress=False)
+    return root, cache
+
+
+def silentface_augmentation() -> Any:
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"data.input_size={SIZE}"])
+    return instantiate(cfg.augmentation.train)
+
+
+def images_per_second(loader: DataLoader, batches: int) -> float:
+    iterator = iter(loader)
+    next(iterator)  # warm-up: first reads, memory map, allocator
+    start = time.perf_counter()
+    seen = 0
+    for _ in range(batches):
+        seen += len(next(iterator)["image"])
+    return seen / (time.perf_counter() - start)
+
+
+def loader_throughput(root: Path, cache: Path, batches: int) -> dict[str, float]:
+    """In this process with one torch thread: what a DataLoader worker runs (PyTorch gives each one thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    file_samples, _ = read_split(root, "train", BINARY_ALL)
+    packed_samples = read_cached_split(cache, "train", BINARY_ALL)
+    results = {}
+    for name, augmentation in (("silentface", silentface_augmentation()), ("none", None)):
+        datasets = {
+            "files": FaceCropDataset(file_samples, CONVENTION, augmentation),
+            "packed": PackedCropDataset(images_path(cache, "train"), packed_samples, CONVENTION, augmentation),
+        }
+        for source, dataset in datasets.items():
+            loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=0)
+            results[f"{source}, {name}"] = images_per_second(loader, batches)
+            print(f"loader {source:6s} augmentation={name:10s} {results[f'{source}, {name}']:7.1f} img/s", flush=True)
+    torch.set_num_threads(threads)
+    return results
+
+
+# --------------------------------------------------------------------------- the plain loop (original style)
+
+
+def numpy_ft_target(crop_rgb: np.ndarray, size: int) -> np.ndarray:
+    """Silent-Face's `generate_FT` and resize, per sample: numpy FFT, min and max found row by row in Python."""
+    gray = cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2GRAY)
+    spectrum = np.log(np.abs(np.fft.fftshift(np.fft.fft2(gray))) + 1)
+    high, low = -1.0, 100000.0
+    for row in spectrum:
+        high, low = max(high, max(row)), min(low, min(row))
+    return cv2.resize(((spectrum - low + 1) / (high - low + 1)).astype(np.float32), (size, size))
+
+
+class PlainFTDataset(Dataset):
+    """Individual images, FT target per sample in numpy from the un-augmented crop, as Silent-Face's dataset."""
+
+    def __init__(self, files: FaceCropDataset, ft_size: int):
+        self.files = files
+        self.ft_size = ft_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.files.samples[index]
+        crop = self.files.load_crop(index)
+        ft = torch.from_numpy(numpy_ft_target(crop, self.ft_size))[None]
+        labels = (sample.target, sample.spoof_type, sample.illumination, sample.environment)
+        return {**face_item(crop, labels, CONVENTION, self.files.transform), "ft": ft}
+
+
+def plain_loop(dataset: Dataset, warmup: int, steps: int) -> float:
+    torch.manual_seed(0)
+    backbone = build_backbone("minifasnet_v2se", SIZE, 2)
+    head = FTHead(backbone.feature_channels)
+    params = [*backbone.parameters(), *head.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    cross_entropy, mse = nn.CrossEntropyLoss(), nn.MSELoss()
+    backbone.train()
+    head.train()
+    loader = iter(DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=0, drop_last=True))
+    for step in range(warmup + steps):
+        if step == warmup:
+            start = time.perf_counter()
+        batch = next(loader)
+        features = backbone.features(batch["image"])
+        logits, ft_map = backbone.classify(features), head(features)
+        loss = 0.5 * cross_entropy(logits, batch["target"]) + 0.5 * mse(ft_map, batch["ft"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return steps * BATCH / (time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------- our pipeline (Lightning)
+
+
+class StepTimer(L.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.start = self.end = 0.0
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.warmup:
+            self.start = time.perf_counter()
+        self.end = time.perf_counter()
+
+
+class FixedData(L.LightningDataModule):
+    def __init__(self, dataset: Dataset) -> None:
+        super().__init__()
+        self.dataset = dataset
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset, batch_size=BATCH, shuffle=True, num_workers=0, drop_last=True)
+
+
+def our_pipeline(dataset: Dataset, precision: str, warmup: int, steps: int, work: Path) -> float:
+    torch.manual_seed(0)
+    model = LivenessModule(
+        "minifasnet_v2se",
+        CONVENTION.to_dict(),
+        BINARY_ALL.to_dict(),
+        ft_weight=0.5,
+        channels_last=True,
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4),
+    )
+    timer = StepTimer(warmup)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision=precision,
+        max_steps=warmup + steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        default_root_dir=work,
+    )
+    trainer.fit(model, datamodule=FixedData(dataset))
+    return steps * BATCH / (timer.end - timer.start)
+
+
+def train_throughput(root: Path, cache: Path, warmup: int, steps: int, repeats: int, work: Path) -> dict[str, float]:
+    """Median over `repeats` rounds; each round runs every pipeline once, so load changes hit them alike."""
+    augmentation = silentface_augmentation()
+    file_samples, _ = read_split(root, "train", BINARY_ALL)
+    files = FaceCropDataset(file_samples, CONVENTION, augmentation)
+    packed = PackedCropDataset(
+        images_path(cache, "train"), read_cached_split(cache, "train", BINARY_ALL), CONVENTION, augmentation
+    )
+    ft_size = 2 * ((SIZE + 15) // 16)
+    runs = {
+        "plain loop: files, numpy FT per sample, NCHW fp32": lambda: plain_loop(
+            PlainFTDataset(files, ft_size), warmup, steps
+        ),
+        "ours: files, batched FT, channels_last fp32": lambda: our_pipeline(files, "32-true", warmup, steps, work),
+        "ours: packed, batched FT, channels_last fp32": lambda: our_pipeline(packed, "32-true", warmup, steps, work),
+        "ours: packed, batched FT, channels_last bf16-mixed": lambda: our_pipeline(
+            packed, "bf16-mixed", warmup, steps, work
+        ),
+    }
+    measured: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            measured[name].append(run())
+            print(f"train {name:55s} {measured[name][-1]:6.1f} img/s", flush=True)
+    return {name: float(np.median(values)) for name, values in measured.items()}
+
+
+def ft_target_cost(root: Path) -> dict[str, float]:
+    """Milliseconds per image of the FT target: Silent-Face's per-sample numpy vs our batched torch.fft."""
+    samples, _ = read_split(root, "train", BINARY_ALL)
+    crops = [FaceCropDataset(samples, CONVENTION).load_crop(i) for i in range(BATCH)]
+    start = time.perf_counter()
+    for crop in crops:
+        numpy_ft_target(crop, 16)
+    per_sample = (time.perf_counter() - start) / BATCH * 1e3
+    batch = torch.stack([face_item(c, (0, 0, 0, 0), CONVENTION, None)["image"] for c in crops])
+    start = time.perf_counter()
+    fourier_target(to_gray_255(batch, CONVENTION), (16, 16))
+    batched = (time.perf_counter() - start) / BATCH * 1e3
+    print(f"FT target: per-sample numpy {per_sample:.2f} ms/img, batched torch {batched:.2f} ms/img", flush=True)
+    return {"per-sample numpy (Silent-Face generate_FT)": per_sample, "batched torch.fft (ours)": batched}
+
+
+def write_results(results: dict[str, Any]) -> None:
+    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [
+        "# Loader and train-step throughput at 128 px",
+        "",
+        f"`python experiments/loader_throughput/benchmark.py {results['arguments']}` on {results['machine']}.",
+        "",
+    ]
+    for data in results["data"]:
+        loader, train = data["loader_img_per_s"], data["train_img_per_s"]
+        lines += [
+            f"## Images {data['image_size']} (mean JPEG {data['mean_jpeg_kb']:.0f} KB), {data['images']} images",
+            "",
+            "| loader, one process (= per worker) | img/s |",
+            "|---|---|",
+            *(f"| {name} | {value:.1f} |" for name, value in loader.items()),
+            "",
+            f"Packed / individual files, silentface augmentation: **{data['packed_speedup']:.1f}x**",
+            "",
+        ]
+        if train:
+            baseline = next(iter(train.values()))
+            lines += [
+                "| train step, batch 64, loader in-process (median of rounds) | img/s | vs plain loop |",
+                "|---|---|---|",
+                *(f"| {name} | {value:.1f} | {value / baseline:.2f}x |" for name, value in train.items()),
+                "",
+                "| FT target | ms / image |",
+                "|---|---|",
+                *(f"| {name} | {value:.2f} |" for name, value in data["ft_target_ms_per_image"].items()),
+                "",
+            ]
+    (HERE / "results.md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=512, help="training images to generate")
+    parser.add_argument("--image-size", default="960x720,native", help="comma-separated WxH, or 'native'")
+    parser.add_argument("--loader-batches", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=REPO / "data" / "loader_throughput")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    results: dict[str, Any] = {
+        "arguments": " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "work"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        "shared with other jobs (re-run on a quiet machine before quoting)",
+        "data": [],
+    }
+    for size_text in args.image_size.split(","):
+        size = None if size_text == "native" else tuple(int(v) for v in size_text.split("x"))
+        root, cache = make_data(args.work, args.images, size) if size else make_native(args.work, args.images)
+        jpegs = list((root / "Data").rglob("*.jpg"))
+        print(f"data {size_text}: {len(jpegs)} images, mean {np.mean([p.stat().st_size for p in jpegs]) / 1e3:.0f} KB")
+        loader = loader_throughput(root, cache, args.loader_batches)
+        timed = size == (960, 720)
+        train = train_throughput(root, cache, args.warmup, args.steps, args.repeats, args.work) if timed else {}
+        ft_ms = ft_target_cost(root) if timed else {}
+        results["data"].append(
+            {
+                "image_size": size_text,
+                "images": len(jpegs),
+                "mean_jpeg_kb": float(np.mean([p.stat().st_size for p in jpegs]) / 1e3),
+                "loader_img_per_s": loader,
+                "packed_speedup": loader["packed, silentface"] / loader["files, silentface"],
+                "train_img_per_s": train,
+                "ft_target_ms_per_image": ft_ms,
+            }
+        )
+        write_results(results)
+
+
+def make_native(work: Path, images: int) -> tuple[Path, Path]:
+    """The synthetic tree at its own size (about 250x300 px): a lower bound for the packed speed-up."""
+    root = work / f"tree_{images}_native"
+    generate(root, SyntheticConfig(train_subjects=max(2, images // 64), test_subjects=1, images_per_subject=64))
+    cache = work / f"cache_{images}_native"
+    prepare(root, cache, CropSpec(SIZE, 2.7, "shift"), splits=("train",), workers=2, progress=False)
+    return root, cache
+
+
+if __name__ == "__main__":
+    main()
