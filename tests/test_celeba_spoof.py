@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -16,6 +17,7 @@ from fas.data.celeba_spoof import (
     DatasetError,
     SampleError,
     available_protocols,
+    iter_labels,
     read_bb,
     read_image,
     read_split,
@@ -209,3 +211,29 @@ def test_protocol_label_files_are_read_where_present(tmp_path: Path) -> None:
 
 def test_subject_of() -> None:
     assert subject_of("Data/train/4930/live/000001.jpg") == "4930"
+
+
+def test_streamed_labels_equal_the_whole_file_in_file_order(tiny_data: Path, tmp_path: Path) -> None:
+    path = tiny_data / "metas/intra_test/train_label.json"
+    labels = json.loads(path.read_text())
+    assert list(iter_labels(path, lookahead=64)) == list(labels.items())  # entries cut by the buffer end
+    indented = tmp_path / "indented.json"
+    indented.write_text(json.dumps(labels, indent=2))
+    assert list(iter_labels(indented, lookahead=64)) == list(labels.items())
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"a": [1, 2]}', "entry 'a' must be a list of 44 integers"),
+        ("[1]", "not valid JSON (expected '{' at entry 1)"),
+        ('{"a" [1]}', "not valid JSON (expected ':' at entry 1)"),
+        ('{"a": [' + "0, " * 43 + "0]", "not valid JSON (expected ',}' at entry 2)"),
+        ("", "not valid JSON (expected '{' at entry 1)"),
+    ],
+)
+def test_streamed_labels_refuse_malformed_files(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "train_label.json"
+    path.write_text(text)
+    with pytest.raises(DatasetError, match=re.escape(f"{path}: {message}")):
+        list(iter_labels(path))

@@ -3,8 +3,8 @@
 `python -m fas.data.prepare` (fas/data/prepare.py) writes it; `data.cache=<folder>` trains from it.
 
     <cache>/manifest.json        format version, crop settings, protocol, source, counts, `complete`
-    <cache>/<split>_images.npy   (rows, size, size, 3) uint8 RGB; row i is the i-th key of the sorted
-                                 label file (rows of skipped samples stay zero and are never read)
+    <cache>/<split>_images.npy   (rows, size, size, 3) uint8 RGB; row i is the i-th entry of the label
+                                 file (rows of skipped samples stay zero and are never read)
     <cache>/<split>_samples.tsv  the rows that hold a crop: row, key, subject, spoof type, illumination,
                                  environment and the `_BB.txt` box
     <cache>/skipped.tsv          every sample that could not be cropped, the file at fault and why
@@ -109,7 +109,9 @@ def chunk_path(cache: Path, split: str, index: int) -> Path:
     return Path(cache) / "chunks" / f"{split}_{index:05d}.json"
 
 
-def settings(crop: CropSpec, protocol: str, source: Path, rows: dict[str, int], labels_sha256: dict[str, str]) -> dict:
+def settings(
+    crop: CropSpec, protocol: str, source: Path, chunk_size: int, rows: dict[str, int], labels_sha256: dict[str, str]
+) -> dict:
     """What a cache is made of; a re-run with different settings must not mix into it."""
     return {
         "format": FORMAT,
@@ -117,6 +119,7 @@ def settings(crop: CropSpec, protocol: str, source: Path, rows: dict[str, int], 
         "crop": asdict(crop),
         "protocol": protocol,
         "source": str(source),
+        "chunk_size": chunk_size,
         "rows": rows,
         "labels_sha256": labels_sha256,
     }

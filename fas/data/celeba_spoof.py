@@ -12,8 +12,10 @@ import json
 import logging
 import math
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -140,8 +142,66 @@ def subject_of(key: str) -> str:
     return parts[2] if len(parts) >= 5 else parts[0]
 
 
-def protocol_labels(root: Path, split: str, protocol: str = DEFAULT_PROTOCOL) -> dict[str, list[int]]:
-    """The label JSON of a split under a protocol; a missing protocol names the ones that exist."""
+def iter_labels(path: Path, lookahead: int = 1 << 16) -> Iterator[tuple[str, list[int]]]:
+    """Stream the (key, 44-integer vector) entries of a label JSON in file order, holding ~100 KB of it.
+
+    For preparation, whose memory must not grow with the dataset; `load_labels` is the fast
+    whole-file reader. Entries are checked as `load_labels` checks them.
+    """
+    if not path.is_file():
+        load_labels(path)  # raises the missing-file error
+    decoder = json.JSONDecoder()
+    with Path(path).open(encoding="utf-8") as file:
+        text, pos, at_end = "", 0, False
+
+        def token(expected: str | None = None) -> str:
+            """Skip whitespace, keeping `lookahead` characters buffered; return (and pass) one character."""
+            nonlocal text, pos, at_end
+            if len(text) - pos < lookahead and not at_end:
+                more = file.read(lookahead)
+                text, pos, at_end = text[pos:] + more, 0, not more
+            while pos < len(text) and text[pos].isspace():
+                pos += 1
+            char = text[pos : pos + 1]
+            if expected is not None and (not char or char not in expected):
+                raise DatasetError(f"{path}: not valid JSON (expected {expected!r} at entry {count + 1})")
+            return char
+
+        def value() -> Any:
+            """Decode one JSON value, reading on while it is cut by the end of the buffer."""
+            nonlocal text, pos, at_end
+            token()
+            while True:
+                try:
+                    parsed, pos = decoder.raw_decode(text, pos)
+                    return parsed
+                except json.JSONDecodeError as error:
+                    more = "" if at_end else file.read(lookahead)
+                    if not more:
+                        raise DatasetError(f"{path}: not valid JSON ({error.msg} at entry {count + 1})") from None
+                    text += more
+
+        count = 0
+        token("{")
+        pos += 1
+        if token() == "}":
+            return
+        while True:
+            key = value()
+            token(":")
+            pos += 1
+            vector = value()
+            if not isinstance(key, str) or not isinstance(vector, list) or len(vector) != LABEL_LENGTH:
+                raise DatasetError(f"{path}: entry {key!r} must be a list of {LABEL_LENGTH} integers")
+            yield key, vector
+            count += 1
+            if token(",}") == "}":
+                return
+            pos += 1
+
+
+def protocol_label_file(root: Path, split: str, protocol: str = DEFAULT_PROTOCOL) -> Path:
+    """The label file of a split under a protocol; a missing protocol names the ones that exist."""
     path = label_file(root, split, protocol)
     found = available_protocols(root)
     if not path.is_file() and found and protocol not in found:
@@ -149,7 +209,12 @@ def protocol_labels(root: Path, split: str, protocol: str = DEFAULT_PROTOCOL) ->
             f"{path}: no '{protocol}' protocol in {Path(root) / 'metas'}; "
             f"set data.protocol to one of: {', '.join(found)}"
         )
-    return load_labels(path)
+    return path
+
+
+def protocol_labels(root: Path, split: str, protocol: str = DEFAULT_PROTOCOL) -> dict[str, list[int]]:
+    """The labels of a split under a protocol (see `protocol_label_file`)."""
+    return load_labels(protocol_label_file(root, split, protocol))
 
 
 def count_excluded(split: str, class_scheme: ClassScheme, excluded: Counter[str]) -> None:

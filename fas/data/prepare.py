@@ -2,13 +2,13 @@
 
     python -m fas.data.prepare root=/data/CelebA_Spoof output=/data/celeba_spoof_80   # configs/prepare.yaml
 
-The work is cut into chunks of `chunk_size` samples, cropped by worker processes behind a progress
-bar. Each finished chunk leaves a result file, so an interrupted run resumes where it stopped and a
-finished one returns at once. Every sample that cannot be cropped is listed with the file at fault
-and the reason in `skipped.tsv`, and the count is reported: nothing is dropped silently. Pixel
-memory stays flat whatever the dataset size: a worker holds one image at a time and writes each crop
-straight into the memory-mapped output; only the label index (a few hundred bytes per sample) is
-held in full.
+The label files are streamed in file order and cut into chunks of `chunk_size` samples, cropped by
+worker processes behind a progress bar. Each finished chunk leaves a result file, so an interrupted
+run resumes where it stopped and a finished one returns at once. Every sample that cannot be cropped
+is listed with the file at fault and the reason in `skipped.tsv`, and the count is reported: nothing
+is dropped silently. Memory does not grow with the dataset: labels are read as a stream, a few chunks
+are in flight at a time, a worker holds one image and writes each crop straight into the
+memory-mapped output, and the tables are written by streaming the chunk results.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import logging
 import multiprocessing
 import os
 import shutil
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,8 +54,8 @@ from fas.data.celeba_spoof import (
     SampleError,
     bb_path,
     crop_sample,
-    label_file,
-    protocol_labels,
+    iter_labels,
+    protocol_label_file,
     read_bb,
     subject_of,
 )
@@ -106,36 +106,57 @@ def prepare(
     root, output = Path(root).resolve(), Path(output).resolve()
     if not root.is_dir():
         raise DatasetError(f"{root}: root does not exist; point root= at your CelebA-Spoof copy")
-    chunks, wanted = plan(root, crop, protocol, splits, chunk_size)
-    manifest = start(output, wanted)
+    label_files = {split: protocol_label_file(root, split, protocol) for split in splits}
+    rows = {split: count_rows(path) for split, path in label_files.items()}
+    hashes = {split: sha256(path) for split, path in label_files.items()}
+    manifest = start(output, settings(crop, protocol, root, chunk_size, rows, hashes))
     if manifest.get("complete"):
         log.info("%s is complete already; nothing to do", output)
         return summary_of(output, manifest, chunks_run=0)
-    todo = [chunk for chunk in chunks if not chunk_path(output, chunk.split, chunk.index).is_file()]
-    log.info("Cropping %d of %d chunks (%s) into %s", len(todo), len(chunks), crop.describe(), output)
-    run_chunks(todo, output, root, crop, workers or os.cpu_count() or 1, progress)
-    return finish(output, manifest, chunks, chunks_run=len(todo))
+    todo = {
+        split: {i for i in range(chunk_count(n, chunk_size)) if not chunk_path(output, split, i).is_file()}
+        for split, n in rows.items()
+    }
+    images = sum(min(chunk_size, rows[split] - i * chunk_size) for split, indices in todo.items() for i in indices)
+    chunks = (
+        chunk
+        for split, path in label_files.items()
+        for chunk in iter_chunks(path, split, chunk_size)
+        if chunk.index in todo[split]
+    )
+    log.info("Cropping %d images (%s) into %s", images, crop.describe(), output)
+    run_chunks(chunks, images, output, root, crop, workers or os.cpu_count() or 1, progress)
+    return finish(output, manifest, chunk_size, chunks_run=sum(len(indices) for indices in todo.values()))
 
 
-def plan(
-    root: Path, crop: CropSpec, protocol: str, splits: Sequence[str], chunk_size: int
-) -> tuple[list[Chunk], dict[str, Any]]:
-    """The chunks to crop (rows in sorted-key order) and the settings that identify the cache."""
-    chunks: list[Chunk] = []
-    rows: dict[str, int] = {}
-    hashes: dict[str, str] = {}
-    for split in splits:
-        labels = protocol_labels(root, split, protocol)
-        if not labels:
-            raise DatasetError(f"{label_file(root, split, protocol)}: the label file lists no images")
-        items = [(key, int(v[SPOOF_TYPE]), int(v[ILLUMINATION]), int(v[ENVIRONMENT])) for key, v in labels.items()]
-        del labels
-        items.sort()
-        rows[split] = len(items)
-        hashes[split] = hashlib.sha256(label_file(root, split, protocol).read_bytes()).hexdigest()
-        for index, start in enumerate(range(0, len(items), chunk_size)):
-            chunks.append(Chunk(split, index, start, tuple(items[start : start + chunk_size])))
-    return chunks, settings(crop, protocol, root, rows, hashes)
+def count_rows(path: Path) -> int:
+    """Number of entries of a label file (streamed, and checked entry by entry before any work starts)."""
+    return sum(1 for _ in iter_labels(path))
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def chunk_count(rows: int, chunk_size: int) -> int:
+    return -(-rows // chunk_size)
+
+
+def iter_chunks(label_file: Path, split: str, chunk_size: int) -> Iterator[Chunk]:
+    """The chunks of a split in label-file order: row i is the file's i-th entry."""
+    items: list[tuple[str, int, int, int]] = []
+    index = 0
+    for key, vector in iter_labels(label_file):
+        items.append((key, int(vector[SPOOF_TYPE]), int(vector[ILLUMINATION]), int(vector[ENVIRONMENT])))
+        if len(items) == chunk_size:
+            yield Chunk(split, index, index * chunk_size, tuple(items))
+            items, index = [], index + 1
+    if items:
+        yield Chunk(split, index, index * chunk_size, tuple(items))
 
 
 def start(output: Path, wanted: dict[str, Any]) -> dict[str, Any]:
@@ -152,6 +173,9 @@ def start(output: Path, wanted: dict[str, Any]) -> dict[str, Any]:
         return manifest
     if output.exists() and any(output.iterdir()):
         raise DatasetError(f"{output}: not empty and holds no {MANIFEST}; choose a new or empty output folder")
+    empty = [split for split, rows in wanted["rows"].items() if rows == 0]
+    if empty:
+        raise DatasetError(f"the {', '.join(empty)} label file(s) list no images; check root= and protocol=")
     size = wanted["crop"]["size"]
     needed = sum(wanted["rows"].values()) * size * size * 3
     output.mkdir(parents=True, exist_ok=True)
@@ -170,10 +194,13 @@ def start(output: Path, wanted: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def run_chunks(todo: list[Chunk], output: Path, root: Path, crop: CropSpec, workers: int, progress: bool) -> None:
-    with tqdm(total=sum(len(c.items) for c in todo), unit="img", desc="Cropping", disable=not progress) as bar:
+def run_chunks(
+    chunks: Iterator[Chunk], images: int, output: Path, root: Path, crop: CropSpec, workers: int, progress: bool
+) -> None:
+    """Crop the chunks, in this process or in `workers` processes with at most 2 chunks each in flight."""
+    with tqdm(total=images, unit="img", desc="Cropping", disable=not progress) as bar:
         if workers == 1:
-            for chunk in todo:
+            for chunk in chunks:
                 bar.update(crop_chunk(output, root, crop, chunk))
             return
         # spawn, not fork: a forked child can inherit a lock held by a thread of the parent (OpenCV's
@@ -181,8 +208,13 @@ def run_chunks(todo: list[Chunk], output: Path, root: Path, crop: CropSpec, work
         spawn = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=cv2.setNumThreads, initargs=(1,))
         try:
-            futures = [pool.submit(crop_chunk, output, root, crop, chunk) for chunk in todo]
-            for future in as_completed(futures):
+            in_flight: set[Future[int]] = set()
+            for chunk in chunks:
+                if len(in_flight) >= 2 * workers:
+                    finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                    bar.update(sum(future.result() for future in finished))
+                in_flight.add(pool.submit(crop_chunk, output, root, crop, chunk))
+            for future in as_completed(in_flight):
                 bar.update(future.result())
         finally:
             pool.shutdown(cancel_futures=True)
@@ -210,20 +242,20 @@ def crop_chunk(output: Path, root: Path, crop: CropSpec, chunk: Chunk) -> int:
     return len(chunk.items)
 
 
-def finish(output: Path, manifest: dict[str, Any], chunks: list[Chunk], chunks_run: int) -> Summary:
+def finish(output: Path, manifest: dict[str, Any], chunk_size: int, chunks_run: int) -> Summary:
     """Gather the chunk results into the sample tables and `skipped.tsv`, then mark the cache complete."""
     counts = {split: {"samples": 0, "skipped": 0} for split in manifest["rows"]}
     skipped_tmp = skipped_path(output).with_suffix(".tmp")
     with skipped_tmp.open("w", newline="") as skipped_file:
         skipped_writer = csv.writer(skipped_file, delimiter="\t", lineterminator="\n")
         skipped_writer.writerow(SKIPPED_COLUMNS)
-        for split in manifest["rows"]:
+        for split, rows in manifest["rows"].items():
             samples_tmp = samples_path(output, split).with_suffix(".tmp")
             with samples_tmp.open("w", newline="") as samples_file:
                 writer = csv.writer(samples_file, delimiter="\t", lineterminator="\n")
                 writer.writerow(SAMPLE_COLUMNS)
-                for chunk in (c for c in chunks if c.split == split):
-                    result = json.loads(chunk_path(output, split, chunk.index).read_text())
+                for index in range(chunk_count(rows, chunk_size)):
+                    result = json.loads(chunk_path(output, split, index).read_text())
                     writer.writerows(result["kept"])
                     skipped_writer.writerows(result["skipped"])
                     counts[split]["samples"] += len(result["kept"])
