@@ -124,7 +124,7 @@ def prepare(
         for chunk in iter_chunks(path, split, chunk_size)
         if chunk.index in todo[split]
     )
-    log.info("Cropping %d images (%s) into %s", images, crop.describe(), output)
+    log.info("Cropping %d images into %s: %s", images, output, crop.describe())
     run_chunks(chunks, images, output, root, crop, workers or os.cpu_count() or 1, progress)
     return finish(output, manifest, chunk_size, chunks_run=sum(len(indices) for indices in todo.values()))
 
