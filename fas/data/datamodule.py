@@ -81,8 +81,8 @@ class FaceCropDataset(Dataset):
         return crop_sample(sample.image_path, sample.box_224, self.convention, self.interpolation)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        s = self.samples[index]
-        labels = (s.target, s.spoof_type, s.illumination, s.environment)
+        sample = self.samples[index]
+        labels = (sample.target, sample.spoof_type, sample.illumination, sample.environment)
         return face_item(self.load_crop(index), labels, self.convention, self.transform)
 
 
