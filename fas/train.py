@@ -71,6 +71,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     best = best_checkpoint(trainer)
     trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=False)
     metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    metrics.update(best_validation_score(trainer))
 
     output_dir = Path(cfg.paths.output_dir)
     report = write_metrics(
@@ -87,6 +88,14 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     log.info("Report: %s", report)
     value = metrics.get(cfg.get("optimized_metric"))
     return (float(value) if value is not None else None), metrics
+
+
+def best_validation_score(trainer: L.Trainer) -> dict[str, float]:
+    """The monitored validation metric of the checkpoint that was tested (e.g. the best `val/auroc`)."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.monitor and callback.best_model_score is not None:
+            return {callback.monitor: float(callback.best_model_score)}
+    return {}
 
 
 def best_checkpoint(trainer: L.Trainer) -> str | None:

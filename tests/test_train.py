@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, compose_train
 
 from fas.models import BACKBONES
 from fas.models.checkpoint import CheckpointMismatchError
 from fas.train import train
+
+from conftest import REPO_ROOT, compose_train
 
 TINY_RUN = [
     "data=celeba_spoof",
