@@ -52,3 +52,25 @@ def compose_train(overrides: list[str], run_dir: Path):
     with open_dict(cfg):
         del cfg.hydra  # kept by HydraConfig; the job config never carries it
     return cfg
+
+
+PUBLISHED_WEIGHTS = (
+    "silentface/2.7_80x80_MiniFASNetV2.pth",
+    "silentface/4_0_0_80x80_MiniFASNetV1SE.pth",
+    "suri-liveness/best_model.pth",
+)
+
+
+@pytest.fixture(scope="session")
+def published_onnx(reference_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The published weight files (by file name) exported to ONNX through `load_backend`, once per session."""
+    from fas.export.onnx import export_onnx
+    from fas.inference.backends import load_backend
+
+    folder = tmp_path_factory.mktemp("published_onnx")
+    exported = {}
+    for relative in PUBLISHED_WEIGHTS:
+        backend = load_backend(reference_dir / relative)
+        name = Path(relative).name
+        exported[name] = export_onnx(backend.model, backend.info, folder / name.replace(".pth", ".onnx"))
+    return exported
