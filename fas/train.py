@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from fas.data.datamodule import FaceDataModule
+from fas.download import resolve_model_file
 from fas.errors import ConfigError
 from fas.models.checkpoint import check_resume_checkpoint
 from fas.models.pretrained import load_pretrained
@@ -60,7 +61,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     if cfg.get("pretrained"):
         load_pretrained(
             model.backbone,
-            cfg.pretrained,
+            resolve_model_file(cfg.pretrained),
             cfg.model.backbone,
             datamodule.convention,
             reinit_classifier=cfg.get("pretrained_reinit_classifier", False),
