@@ -34,6 +34,13 @@ def test_bgr_input_finds_the_same_faces(reference_dir: Path, yunet_path: Path) -
         assert all(isinstance(v, int) for v in face.box)
 
 
+def test_shrunk_detection_maps_boxes_back(reference_dir: Path, yunet_path: Path) -> None:
+    image = cv2.imread(str(reference_dir / "images/image_T1.jpg"))
+    (full,) = YuNetDetector(yunet_path).detect(image)
+    (small,) = YuNetDetector(yunet_path, max_side=320).detect(image)
+    assert np.abs(np.subtract(full.box, small.box)).max() <= 0.05 * full.box[3]
+
+
 def test_several_faces_best_first_and_small_ones_dropped(reference_dir: Path, yunet_path: Path) -> None:
     live = cv2.imread(str(reference_dir / "images/image_T1.jpg"))
     small = cv2.resize(cv2.imread(str(reference_dir / "images/image_F1.jpg")), (120, 160))
