@@ -58,7 +58,7 @@ def predict(cfg: DictConfig) -> Path:
     with jsonl.open("w") as stream:
         writer = PredictionWriter(stream)
         run_input(cfg.input, predictor, writer, output_dir, cfg.annotate, cfg.get("max_frames"))
-    summary = ", ".join(f"{n} {what}" for what, n in sorted(writer.counts.items()))
+    summary = ", ".join(f"{what} {n}" for what, n in writer.counts.items())
     log.info("%s -> %s", summary or "nothing to predict", jsonl)
     return jsonl
 
@@ -177,7 +177,7 @@ class PredictionWriter:
                 log.warning("%s: no face found", frame.source)
         for number, prediction in enumerate(predictions):
             self._write({**base, "face": number, **prediction.to_dict()})
-            self.counts[f"{prediction.label} faces"] += 1
+            self.counts[prediction.label] += 1
 
     def error(self, source: str, error: Exception, index: int | None = None) -> None:
         log.warning("%s", error)
