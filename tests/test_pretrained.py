@@ -121,6 +121,16 @@ def test_onnx_exports_keep_the_convention_and_the_logits(reference_dir: Path, pu
             np.testing.assert_allclose(logits, recorded, atol=1e-3, rtol=0)
 
 
+def test_suri_training_checkpoint_with_fourier_head_keys(reference_dir: Path, tmp_path: Path) -> None:
+    checkpoint = torch.load(reference_dir / "suri-liveness/best_model.pth", weights_only=True)
+    checkpoint["model_state_dict"]["model.FTGenerator.ft.0.weight"] = torch.zeros(128, 128, 3, 3)
+    path = tmp_path / "epoch_31.pth"
+    torch.save(checkpoint, path)
+    batch = np.random.default_rng(0).random((2, 3, 128, 128), dtype=np.float32)
+    published = load_backend(reference_dir / "suri-liveness/best_model.pth")
+    np.testing.assert_array_equal(load_backend(path).logits(batch), published.logits(batch))
+
+
 def test_renamed_silentface_file_is_refused_with_the_naming_rule(reference_dir: Path, tmp_path: Path) -> None:
     renamed = tmp_path / "liveness.pth"
     shutil.copy(reference_dir / "silentface" / SILENTFACE_FILES[0], renamed)

@@ -75,33 +75,31 @@ class SilentFaceName:
 
 def parse_silentface_name(path: str | Path) -> SilentFaceName:
     """Parse `<scale>[_<shift x>_<shift y>]_<H>x<W>_<Type>.pth` as Silent-Face's `parse_model_name` does."""
-    name = Path(path).name
+
+    def refused(problem: str) -> CheckpointMismatchError:
+        return CheckpointMismatchError(
+            f"{Path(path).name}: a Silent-Face weights file, but {problem}; Silent-Face files must keep their "
+            f"published name {SILENTFACE_PATTERN}"
+        )
+
     parts = Path(path).stem.split("_")
-    problem = None
-    if len(parts) < 3 or "x" not in parts[-2]:
-        problem = "its name does not say the crop"
-    else:
-        head, size, architecture = parts[:-2], parts[-2], parts[-1]
-        height, _, width = size.partition("x")
-        try:
-            scale = None if head[0] == "org" else float(head[0])
-            shifts = [float(v) for v in head[1:3]] if head[0] != "org" else []
-            height_px, width_px = int(height), int(width)
-        except ValueError:
-            problem = "its name does not say the crop"
-        else:
-            if any(shifts):
-                problem = f"shifted crops ({'_'.join(head)}) are not supported"
-            elif architecture not in ARCHITECTURES:
-                problem = f"architecture {architecture} is not one of {', '.join(ARCHITECTURES)}"
-            elif height_px != width_px:
-                problem = f"non-square input {height_px}x{width_px} is not supported"
-            else:
-                return SilentFaceName(scale, height_px, width_px, architecture)
-    raise CheckpointMismatchError(
-        f"{name}: a Silent-Face weights file, but {problem}; Silent-Face files must keep their published name "
-        f"{SILENTFACE_PATTERN}"
-    )
+    if len(parts) < 3:
+        raise refused("its name does not say the crop")
+    *head, size, architecture = parts
+    height, _, width = size.partition("x")
+    try:
+        scale = None if head[0] == "org" else float(head[0])
+        shifts = [] if scale is None else [float(v) for v in head[1:3]]
+        height_px, width_px = int(height), int(width)
+    except ValueError:
+        raise refused("its name does not say the crop") from None
+    if any(shifts):
+        raise refused(f"shifted crops ({'_'.join(head)}) are not supported")
+    if architecture not in ARCHITECTURES:
+        raise refused(f"architecture {architecture} is not one of {', '.join(ARCHITECTURES)}")
+    if height_px != width_px:
+        raise refused(f"non-square input {height_px}x{width_px} is not supported")
+    return SilentFaceName(scale, height_px, width_px, architecture)
 
 
 def silentface_convention(parsed: SilentFaceName) -> InputConvention:
