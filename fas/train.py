@@ -13,8 +13,10 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from fas.data.datamodule import FaceDataModule
+from fas.download import resolve_model_file
 from fas.errors import ConfigError
-from fas.models.checkpoint import check_resume_checkpoint, load_backbone_weights
+from fas.models.checkpoint import check_resume_checkpoint
+from fas.models.pretrained import load_pretrained
 from fas.module import LivenessModule
 from fas.report import write_metrics
 
@@ -57,7 +59,13 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         class_scheme=datamodule.class_scheme.to_dict(),
     )
     if cfg.get("pretrained"):
-        load_backbone_weights(model.backbone, cfg.pretrained, cfg.model.backbone)
+        load_pretrained(
+            model.backbone,
+            resolve_model_file(cfg.pretrained),
+            cfg.model.backbone,
+            datamodule.convention,
+            reinit_classifier=cfg.get("pretrained_reinit_classifier", False),
+        )
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and ckpt_path not in LIGHTNING_CKPT_ALIASES:
         check_resume_checkpoint(model, ckpt_path, cfg.model.backbone)
