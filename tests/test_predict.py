@@ -12,13 +12,14 @@ import cv2
 import hydra
 import numpy as np
 import pytest
-from conftest import CONFIG_DIR, REPO_ROOT, compose_config
 
 from fas.download import read_registry
 from fas.errors import ConfigError
 from fas.inference.detect import YuNetDetector
 from fas.inference.media import MediaError
 from fas.predict import predict
+
+from conftest import CONFIG_DIR, REPO_ROOT, compose_config
 
 RECORDED_LABELS = {"image_F1.jpg": "spoof", "image_F2.jpg": "spoof", "image_T1.jpg": "real"}
 LIVENESS_FILES = {

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import CONFIG_DIR
 
 from fas.convention import ClassScheme, InputConvention
 from fas.export.onnx import read_metadata
@@ -27,6 +26,8 @@ from fas.models.pretrained import (
     parse_silentface_name,
     suri_convention,
 )
+
+from conftest import CONFIG_DIR
 
 SILENTFACE_FILES = ("2.7_80x80_MiniFASNetV2.pth", "4_0_0_80x80_MiniFASNetV1SE.pth")
 
