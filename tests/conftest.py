@@ -37,12 +37,17 @@ CONFIG_DIR = REPO_ROOT / "configs"
 
 def compose_train(overrides: list[str], run_dir: Path):
     """Compose `configs/train.yaml` as `python train.py <overrides>` would, with the run in `run_dir`."""
+    return compose_config("train", overrides, run_dir)
+
+
+def compose_config(config_name: str, overrides: list[str], run_dir: Path):
+    """Compose `configs/<config_name>.yaml` as its entry script would, with the run in `run_dir`."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.paths.root_dir = str(run_dir)
         cfg.paths.output_dir = str(run_dir)
