@@ -79,7 +79,7 @@ def evaluate(cfg: DictConfig) -> ReportFiles:
         threshold_rule=cfg.threshold.rule,
     )
     loggers = instantiate_group(cfg.get("logger"))
-    log_scalars(loggers, evaluations, prefix=cfg.split)
+    log_scalars(loggers, evaluations, split=cfg.split)
     log_to_wandb(loggers, evaluations, files, prefix=cfg.split)
     close_loggers(loggers)
     for e in evaluations:

@@ -18,6 +18,8 @@ from matplotlib.figure import Figure
 from fas.metrics import Scores, confusion_matrix, det_curve, pr_curve, roc_curve
 
 PLOTS = ("roc", "det", "pr", "confusion", "histogram")
+# Later models are dashed / dotted so identical curves (a checkpoint and its export) stay visible.
+LINE_STYLES = ("-", "--", ":", "-.")
 DET_TICKS = (0.001, 0.01, 0.05, 0.2, 0.5, 0.8, 0.95)
 DET_LIMITS = (5e-4, 0.99)
 UNDEFINED_TEXT = "undefined: needs live and spoof samples"
@@ -63,12 +65,12 @@ def roc_figure(scores: Mapping[str, Scores]) -> Figure:
         "ROC (attack = positive)", "BPCER (live flagged as attack)", "1 - APCER (attacks caught)"
     )
     undefined = []
-    for name, s in scores.items():
+    for index, (name, s) in enumerate(scores.items()):
         curve = roc_curve(s.score, s.is_spoof)
         if curve is None:
             undefined.append(name)
             continue
-        axes.plot(*curve, label=name, drawstyle="steps-post")
+        axes.plot(*curve, label=name, drawstyle="steps-post", linestyle=_style(index))
     axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1.01)
@@ -84,13 +86,13 @@ def _probit(values: np.ndarray) -> np.ndarray:
 def det_figure(scores: Mapping[str, Scores]) -> Figure:
     figure, axes = _curve_figure("DET (normal-deviate scales)", "APCER", "BPCER")
     undefined = []
-    for name, s in scores.items():
+    for index, (name, s) in enumerate(scores.items()):
         curve = det_curve(s.score, s.is_spoof)
         if curve is None:
             undefined.append(name)
             continue
         apcer, bpcer = curve
-        axes.plot(_probit(apcer), _probit(bpcer), label=name)
+        axes.plot(_probit(apcer), _probit(bpcer), label=name, linestyle=_style(index))
     ticks = _probit(np.array(DET_TICKS))
     labels = [f"{100 * t:g}%" for t in DET_TICKS]
     limits = _probit(np.array(DET_LIMITS))
@@ -106,16 +108,20 @@ def det_figure(scores: Mapping[str, Scores]) -> Figure:
 def pr_figure(scores: Mapping[str, Scores]) -> Figure:
     figure, axes = _curve_figure("Precision-recall (attack = positive)", "recall (attacks caught)", "precision")
     undefined = []
-    for name, s in scores.items():
+    for index, (name, s) in enumerate(scores.items()):
         curve = pr_curve(s.score, s.is_spoof)
         if curve is None:
             undefined.append(name)
             continue
-        axes.plot(*curve, label=name, drawstyle="steps-post")
+        axes.plot(*curve, label=name, drawstyle="steps-post", linestyle=_style(index))
     axes.set_xlim(0, 1)
     axes.set_ylim(0, 1.01)
     _finish(axes, undefined)
     return figure
+
+
+def _style(index: int) -> str:
+    return LINE_STYLES[index % len(LINE_STYLES)]
 
 
 def _finish(axes: Axes, undefined: list[str]) -> None:

@@ -120,10 +120,27 @@ def unique_names(paths: Sequence[str | Path]) -> list[str]:
     return [f"{name} #{i + 1}" for i, name in enumerate(names)]
 
 
-def write_report(report_dir: str | Path, evaluations: Sequence[ModelEvaluation], **context: Any) -> ReportFiles:
+def flat_metrics(evaluations: Sequence[ModelEvaluation], split: str) -> dict[str, float | None]:
+    """`<split>/<metric>` for one model, `<model>/<split>/<metric>` for several: metrics.json's `metrics` and
+    the logged scalars (what sweep summaries and dashboards read)."""
+    flat = {}
+    for e in evaluations:
+        scope = split if len(evaluations) == 1 else f"{e.name}/{split}"
+        flat.update({f"{scope}/{key}": value for key, value in e.result.metrics.items()})
+    return flat
+
+
+def write_report(
+    report_dir: str | Path,
+    evaluations: Sequence[ModelEvaluation],
+    split: str,
+    extra_metrics: dict[str, float] | None = None,
+    **context: Any,
+) -> ReportFiles:
     """Write metrics.json, report.md, report.html and plots/*.png under `report_dir`.
 
-    `context` (e.g. split, data root, checkpoint) is recorded at the top of metrics.json and the report.
+    metrics.json holds `metrics` (flat, see `flat_metrics`, plus `extra_metrics` such as the monitored
+    validation score) and `models` (everything per model). `context` (e.g. data root) is recorded at the top.
     """
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -132,8 +149,13 @@ def write_report(report_dir: str | Path, evaluations: Sequence[ModelEvaluation],
         {e.name: e.scores for e in evaluations},
         {e.name: e.threshold.value for e in evaluations},
     )
-    context = {"created": datetime.now().isoformat(timespec="seconds"), **context}
-    payload = {"format": REPORT_FORMAT, **context, "models": [e.to_dict() for e in evaluations]}
+    context = {"created": datetime.now().isoformat(timespec="seconds"), "split": split, **context}
+    payload = {
+        "format": REPORT_FORMAT,
+        **context,
+        "metrics": {**flat_metrics(evaluations, split), **(extra_metrics or {})},
+        "models": [e.to_dict() for e in evaluations],
+    }
     metrics_path = report_dir / "metrics.json"
     metrics_path.write_text(json.dumps(_finite(payload), indent=2, default=str) + "\n")
     blocks = report_blocks(evaluations, context, plots)
@@ -278,9 +300,9 @@ def render_markdown(blocks: Sequence[Block], report_dir: Path) -> str:
 
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1500px; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.45em; text-align: right; }
 th { background: #f0f0f0; white-space: nowrap; } td:first-child, th:first-child { text-align: left; }
 td.undefined { color: #999; font-style: italic; }
 .figures img { max-width: 32%; vertical-align: top; } img.wide { max-width: 100%; }
@@ -325,13 +347,11 @@ def summary_rows(evaluations: Sequence[ModelEvaluation]) -> tuple[list[str], lis
     return ["model", *keys], [[e.name, *(e.result.metrics[k] for k in keys)] for e in evaluations]
 
 
-def log_scalars(loggers: Sequence[Logger], evaluations: Sequence[ModelEvaluation], prefix: str) -> None:
-    """Every defined metric to every logger: `<prefix>/<metric>`, or `<model>/<prefix>/<metric>` for several."""
-    for e in evaluations:
-        scope = prefix if len(evaluations) == 1 else f"{e.name}/{prefix}"
-        values = {f"{scope}/{k}": v for k, v in e.result.metrics.items() if v is not None}
-        for logger in loggers:
-            logger.log_metrics(values)
+def log_scalars(loggers: Sequence[Logger], evaluations: Sequence[ModelEvaluation], split: str) -> None:
+    """Every defined metric to every logger, named as in `flat_metrics`."""
+    values = {key: value for key, value in flat_metrics(evaluations, split).items() if value is not None}
+    for logger in loggers:
+        logger.log_metrics(values)
 
 
 def log_to_wandb(

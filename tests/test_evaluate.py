@@ -12,6 +12,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+import torch
 from conftest import REPO_ROOT, compose_config, compose_train
 
 from fas.convention import ClassScheme, InputConvention, ModelInfo
@@ -72,7 +73,9 @@ def test_checkpoint_and_onnx_export_give_the_same_report(trained: dict[str, Path
     assert ckpt["apcer_per_type"] == pytest.approx(onnx["apcer_per_type"])
     # Training's test step reported the same checkpoint with the same metric code and threshold rule.
     trained_model = json.loads(trained["train_report"].read_text())["models"][0]
-    assert trained_model["threshold_choice"]["value"] == pytest.approx(ckpt["threshold_choice"]["value"], rel=1e-5)
+    recorded = torch.load(trained["ckpt"], map_location="cpu", weights_only=False)["fas_threshold"]
+    assert trained_model["threshold_choice"] == recorded  # the best epoch's validation EER threshold
+    assert recorded["value"] == pytest.approx(ckpt["threshold_choice"]["value"], rel=1e-5)
     for key in METRIC_KEYS:
         assert trained_model["metrics"][key] == pytest.approx(ckpt["metrics"][key], abs=1e-5), key
     table = (report_dir / "report.md").read_text()

@@ -45,6 +45,10 @@ def test_metrics_json_has_stable_keys_and_null_for_undefined(report) -> None:
     assert payload["format"] == 1 and payload["split"] == "test" and payload["data_root"] == "/data"
     assert [m["name"] for m in payload["models"]] == ["a.ckpt", "a.onnx", "live_only.onnx"]
     first, _, live_only = payload["models"]
+    # The flat summary (what sweep tables read): <model>/<split>/<metric> when several models are compared.
+    assert len(payload["metrics"]) == 3 * len(METRIC_KEYS)
+    assert payload["metrics"]["a.ckpt/test/auroc"] == first["metrics"]["auroc"]
+    assert payload["metrics"]["live_only.onnx/test/auroc"] is None
     assert set(first) == {
         "name", "path", "backbone", "class_scheme", "convention", "threshold_choice",
         "counts", "metrics", "apcer_per_type", "confusion_matrix", "breakdowns", "undefined",

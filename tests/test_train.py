@@ -67,6 +67,7 @@ def test_run_directory_holds_checkpoints_and_report(short_fit: Path) -> None:
     report = json.loads((short_fit / "report" / "metrics.json").read_text())
     (model,) = report["models"]
     assert list(model["metrics"]) == list(METRIC_KEYS)
+    assert report["metrics"] == {f"test/{key}": value for key, value in model["metrics"].items()}
     assert 0.0 <= model["metrics"]["auroc"] <= 1.0
     assert model["backbone"] == "minifasnet_v2se" and model["convention"]["input_size"] == 64
     assert Path(model["path"]).parent == short_fit / "checkpoints"
