@@ -9,40 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, compose_train
+from conftest import REPO_ROOT, TINY_RUN, compose_train
 
 from fas.metrics import METRIC_KEYS
 from fas.models import BACKBONES
 from fas.models.checkpoint import CheckpointMismatchError
 from fas.train import train
-
-TINY_RUN = [
-    "data=celeba_spoof",
-    "data.num_workers=0",
-    "data.batch_size=8",
-    "data.eval_batch_size=16",
-    "+trainer.enable_progress_bar=false",
-]
-
-
-@pytest.fixture(scope="module")
-def short_fit(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
-    run_dir = tmp_path_factory.mktemp("short_fit")
-    cfg = compose_train(
-        [
-            *TINY_RUN,
-            f"data.root={tiny_data}",
-            "data.input_size=64",
-            "optimizer=adamw",
-            "trainer.max_epochs=6",
-            "trainer.log_every_n_steps=1",
-            "seed=0",
-        ],
-        run_dir,
-    )
-    metric, metrics = train(cfg)
-    assert metric == pytest.approx(float(metrics["test/auroc"]))
-    return run_dir
 
 
 def epoch_means(metrics_csv: Path, key: str) -> list[float]:
