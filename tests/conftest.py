@@ -34,15 +34,42 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 CONFIG_DIR = REPO_ROOT / "configs"
 
+TINY_RUN = [
+    "data=celeba_spoof",
+    "data.num_workers=0",
+    "data.batch_size=8",
+    "data.eval_batch_size=16",
+    "+trainer.enable_progress_bar=false",
+]
+
+
+@pytest.fixture(scope="session")
+def short_fit(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    """The run directory of a 6-epoch training on `tiny_data` (64 px, AdamW), shared by the train and
+    evaluate tests: trained enough that its spoof scores spread out instead of all sitting near 0.5."""
+    from fas.train import train
+
+    run_dir = tmp_path_factory.mktemp("short_fit")
+    overrides = [f"data.root={tiny_data}", "data.input_size=64", "optimizer=adamw", "trainer.max_epochs=6"]
+    cfg = compose_train([*TINY_RUN, *overrides, "trainer.log_every_n_steps=1", "seed=0"], run_dir)
+    metric, metrics = train(cfg)
+    assert metric == pytest.approx(float(metrics["test/auroc"]))
+    return run_dir
+
 
 def compose_train(overrides: list[str], run_dir: Path):
     """Compose `configs/train.yaml` as `python train.py <overrides>` would, with the run in `run_dir`."""
+    return compose_config("train", overrides, run_dir)
+
+
+def compose_config(name: str, overrides: list[str], run_dir: Path):
+    """Compose `configs/<name>.yaml` as its Hydra app would, with the run directory in `run_dir`."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.paths.root_dir = str(run_dir)
         cfg.paths.output_dir = str(run_dir)
@@ -52,6 +79,28 @@ def compose_train(overrides: list[str], run_dir: Path):
     with open_dict(cfg):
         del cfg.hydra  # kept by HydraConfig; the job config never carries it
     return cfg
+
+
+PUBLISHED_WEIGHTS = (
+    "silentface/2.7_80x80_MiniFASNetV2.pth",
+    "silentface/4_0_0_80x80_MiniFASNetV1SE.pth",
+    "suri-liveness/best_model.pth",
+)
+
+
+@pytest.fixture(scope="session")
+def published_onnx(reference_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The published weight files (by file name) exported to ONNX through `load_backend`, once per session."""
+    from fas.export.onnx import export_onnx
+    from fas.inference.backends import load_backend
+
+    folder = tmp_path_factory.mktemp("published_onnx")
+    exported = {}
+    for relative in PUBLISHED_WEIGHTS:
+        backend = load_backend(reference_dir / relative)
+        name = Path(relative).name
+        exported[name] = export_onnx(backend.model, backend.info, folder / name.replace(".pth", ".onnx"))
+    return exported
 
 
 # How `broken_data` breaks samples: (split, index among the split's sorted keys, what is done, reason reported).

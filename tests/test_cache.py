@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PREPARED_CROP_SETTINGS
 
 from fas.convention import ClassScheme, InputConvention
 from fas.data.cache import CropSpec, images_path, manifest_path, open_cache, read_cached_split
 from fas.data.celeba_spoof import DatasetError
 from fas.data.datamodule import FaceCropDataset, PackedCropDataset, split_by_subject
 from fas.errors import ConfigError
+
+from conftest import PREPARED_CROP_SETTINGS
 
 CROP = CropSpec(**PREPARED_CROP_SETTINGS)
 BINARY = ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1})
@@ -51,7 +52,7 @@ def test_an_incomplete_or_missing_cache_is_refused(prepared_cache: Path, tmp_pat
 
 
 def test_crop_spec_validates() -> None:
-    with pytest.raises(ConfigError, match="crop mode must be 'shift' or 'reflect'"):
+    with pytest.raises(ConfigError, match="crop mode must be one of shift, reflect, none, got 'pad'"):
         CropSpec(80, 2.7, "pad")
     with pytest.raises(ConfigError, match="unknown interpolation 'bicubic'; choose one of nearest, linear"):
         CropSpec(80, 2.7, "shift", "bicubic")

@@ -8,7 +8,6 @@ import cv2
 import hydra
 import numpy as np
 import pytest
-from conftest import CONFIG_DIR
 from omegaconf import OmegaConf
 
 from fas.convention import ClassScheme
@@ -23,6 +22,8 @@ from fas.data.celeba_spoof import (
     read_split,
     subject_of,
 )
+
+from conftest import CONFIG_DIR
 
 BINARY = ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1})
 SILENTFACE3 = ClassScheme("silentface3", ("print", "live", "replay"), 1, {0: 1, 1: 0, 2: 0, 3: 0, 7: 2, 8: 2, 9: 2})

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import PREPARED_CROP_SETTINGS, REPO_ROOT, compose_train
 
 from fas.data.cache import CropSpec, chunk_path, images_path, manifest_path, samples_path, skipped_path
 from fas.data.celeba_spoof import DatasetError, crop_sample
 from fas.data.prepare import prepare
 from fas.train import train
+
+from conftest import PREPARED_CROP_SETTINGS, REPO_ROOT, compose_train
 
 CROP = CropSpec(**PREPARED_CROP_SETTINGS)
 

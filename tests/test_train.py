@@ -9,39 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, compose_train
 
+from fas.metrics import METRIC_KEYS
 from fas.models import BACKBONES
 from fas.models.checkpoint import CheckpointMismatchError
 from fas.train import train
 
-TINY_RUN = [
-    "data=celeba_spoof",
-    "data.num_workers=0",
-    "data.batch_size=8",
-    "data.eval_batch_size=16",
-    "+trainer.enable_progress_bar=false",
-]
-
-
-@pytest.fixture(scope="module")
-def short_fit(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
-    run_dir = tmp_path_factory.mktemp("short_fit")
-    cfg = compose_train(
-        [
-            *TINY_RUN,
-            f"data.root={tiny_data}",
-            "data.input_size=64",
-            "optimizer=adamw",
-            "trainer.max_epochs=6",
-            "trainer.log_every_n_steps=1",
-            "seed=0",
-        ],
-        run_dir,
-    )
-    metric, metrics = train(cfg)
-    assert metric == pytest.approx(float(metrics["test/auroc"]))
-    return run_dir
+from conftest import REPO_ROOT, TINY_RUN, compose_train
 
 
 def epoch_means(metrics_csv: Path, key: str) -> list[float]:
@@ -64,10 +38,18 @@ def test_short_fit_lowers_both_losses(short_fit: Path) -> None:
 def test_run_directory_holds_checkpoints_and_report(short_fit: Path) -> None:
     assert (short_fit / "checkpoints" / "last.ckpt").is_file()
     report = json.loads((short_fit / "report" / "metrics.json").read_text())
-    assert set(report["metrics"]) == {"test/auroc", "test/accuracy", "test/live_spoof_accuracy"}
-    assert 0.0 <= report["metrics"]["test/auroc"] <= 1.0
-    assert report["model"] == "minifasnet_v2se" and report["input_size"] == 64
-    assert Path(report["checkpoint"]).parent == short_fit / "checkpoints"
+    (model,) = report["models"]
+    assert list(model["metrics"]) == list(METRIC_KEYS)
+    assert report["metrics"] == {f"test/{key}": value for key, value in model["metrics"].items()}
+    assert 0.0 <= model["metrics"]["auroc"] <= 1.0
+    assert model["backbone"] == "minifasnet_v2se" and model["convention"]["input_size"] == 64
+    assert Path(model["path"]).parent == short_fit / "checkpoints"
+    assert model["threshold_choice"]["rule"] == "eer" and model["threshold_choice"]["split"] == "val"
+    assert (short_fit / "report" / "report.md").is_file() and (short_fit / "report" / "report.html").is_file()
+    # The test step logs the very numbers of the report (one metric implementation).
+    logged = [r for r in csv.DictReader((short_fit / "csv" / "version_0" / "metrics.csv").open()) if r["test/auroc"]]
+    for key in ("auroc", "eer", "acer", "tpr_at_fpr_1e-2"):
+        assert float(logged[-1][f"test/{key}"]) == pytest.approx(model["metrics"][key], abs=1e-6)
 
 
 def test_resume_with_another_head_is_refused(short_fit: Path, tiny_data: Path, tmp_path: Path) -> None:

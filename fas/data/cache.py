@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fas.convention import ClassScheme, InputConvention
+from fas.convention import CROP_MODES, ClassScheme, InputConvention
 from fas.data.celeba_spoof import SPOOF_TYPES, DatasetError, Sample, count_excluded
 from fas.data.crop import interpolation_flag
 from fas.errors import ConfigError
@@ -61,8 +61,8 @@ class CropSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", int(self.size))
         object.__setattr__(self, "scale", float(self.scale))
-        if self.mode not in ("shift", "reflect"):
-            raise ConfigError(f"crop mode must be 'shift' or 'reflect', got {self.mode!r}")
+        if self.mode not in CROP_MODES:
+            raise ConfigError(f"crop mode must be one of {', '.join(CROP_MODES)}, got {self.mode!r}")
         if self.size < 16 or self.scale <= 0:
             raise ConfigError(f"crop size must be at least 16 and scale positive, got {self.size} and {self.scale}")
         interpolation_flag(self.interpolation, 0)

@@ -302,7 +302,7 @@ def crop_sample(
         )
     try:
         crop = crop_face(image, box, convention, interpolation)
-    except cv2.error as error:
+    except (cv2.error, ValueError) as error:
         raise SampleError(image_path, f"crop failed ({str(error).strip().splitlines()[-1]})") from None
     return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
 
