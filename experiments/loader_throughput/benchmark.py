@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -72,9 +73,14 @@ def make_data(work: Path, images: int, image_size: tuple[int, int]) -> tuple[Pat
             image = cv2.resize(cv2.imread(str(path)), image_size, interpolation=cv2.INTER_CUBIC)
             cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         marker.write_text(json.dumps({"size": image_size}))
-    cache = work / f"cache_{images}_{image_size[0]}x{image_size[1]}"
+    return root, fresh_cache(root, work / f"cache_{images}_{image_size[0]}x{image_size[1]}")
+
+
+def fresh_cache(root: Path, cache: Path) -> Path:
+    """Prepare `root` into a new cache (the tree may have been regenerated since the last run)."""
+    shutil.rmtree(cache, ignore_errors=True)
     prepare(root, cache, CropSpec(SIZE, 2.7, "shift"), splits=("train",), workers=2, progress=False)
-    return root, cache
+    return cache
 
 
 def silentface_augmentation() -> Any:
@@ -291,7 +297,7 @@ def write_results(results: dict[str, Any]) -> None:
         "",
     ]
     for clock, run in results.items():
-        lines += [f"# Clock: {clock}", "", f"`{run['command']}` on {run['machine']}.", ""]
+        lines += [f"## Clock: {clock}", "", f"`{run['command']}` on {run['machine']}.", ""]
         lines += data_sections(run["data"], unit="img/s" if clock == "wall" else "img per CPU-s")
     (HERE / "results.md").write_text("\n".join(lines))
 
@@ -301,7 +307,7 @@ def data_sections(sections: list[dict[str, Any]], unit: str) -> list[str]:
     for data in sections:
         loader, train = data["loader_img_per_s"], data["train_img_per_s"]
         lines += [
-            f"## Images {data['image_size']} (mean JPEG {data['mean_jpeg_kb']:.0f} KB), {data['images']} images",
+            f"### Images {data['image_size']} (mean JPEG {data['mean_jpeg_kb']:.0f} KB), {data['images']} images",
             "",
             f"| loader, one process (= per worker) | {unit} median | {unit} best |",
             "|---|---|---|",
@@ -387,9 +393,7 @@ def make_native(work: Path, images: int) -> tuple[Path, Path]:
     """The synthetic tree at its own size (about 250x300 px): a lower bound for the packed speed-up."""
     root = work / f"tree_{images}_native"
     generate(root, SyntheticConfig(train_subjects=max(2, images // 64), test_subjects=1, images_per_subject=64))
-    cache = work / f"cache_{images}_native"
-    prepare(root, cache, CropSpec(SIZE, 2.7, "shift"), splits=("train",), workers=2, progress=False)
-    return root, cache
+    return root, fresh_cache(root, work / f"cache_{images}_native")
 
 
 if __name__ == "__main__":
