@@ -40,7 +40,9 @@ def test_run_directory_holds_checkpoints_and_report(short_fit: Path) -> None:
     report = json.loads((short_fit / "report" / "metrics.json").read_text())
     (model,) = report["models"]
     assert list(model["metrics"]) == list(METRIC_KEYS)
-    assert report["metrics"] == {f"test/{key}": value for key, value in model["metrics"].items()}
+    test_metrics = {f"test/{key}": value for key, value in model["metrics"].items()}
+    assert report["metrics"] == {**test_metrics, "val/auroc": pytest.approx(report["metrics"]["val/auroc"])}
+    assert 0.0 <= report["metrics"]["val/auroc"] <= 1.0  # the tested checkpoint's monitored score
     assert 0.0 <= model["metrics"]["auroc"] <= 1.0
     assert model["backbone"] == "minifasnet_v2se" and model["convention"]["input_size"] == 64
     assert Path(model["path"]).parent == short_fit / "checkpoints"
