@@ -80,6 +80,7 @@ def main() -> None:
         replicate(source, root, n)
         shutil.rmtree(output, ignore_errors=True)
         row = {"images": n, **measure(root, output)}
+        shutil.rmtree(output)  # 3 GB at 64k images
         row["img_per_s"] = row["crops"] / row["seconds"]
         rows.append(row)
         print(row, flush=True)
