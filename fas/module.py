@@ -42,15 +42,18 @@ class LivenessModule(L.LightningModule):
         dropout: float = 0.2,
         label_smoothing: float = 0.0,
         channels_last: bool = True,
+        seed: int = 0,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
     ) -> None:
         super().__init__()
+        self.convention = InputConvention.from_dict(convention)
+        self.class_scheme = ClassScheme.from_dict(class_scheme)
+        # Plain dicts (not Hydra's DictConfig) so checkpoints load with torch.load(weights_only=True).
+        convention, class_scheme = self.convention.to_dict(), self.class_scheme.to_dict()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.convention = InputConvention.from_dict(convention)
-        self.class_scheme = ClassScheme.from_dict(class_scheme)
         self.backbone = build_backbone(
             backbone,
             input_size=self.convention.input_size,
@@ -63,8 +66,9 @@ class LivenessModule(L.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
-        self.val_scores = ScoreCollector()
-        self.test_scores = ScoreCollector()
+        # Every rank validates and tests the whole split (see FaceDataModule), so scores are not gathered.
+        self.val_scores = ScoreCollector(sync_on_compute=False)
+        self.test_scores = ScoreCollector(sync_on_compute=False)
         self.threshold = ThresholdChoice("eer", None, "val", "no validation epoch has run")
         self.test_evaluation: tuple[Scores, PadResult] | None = None
 
@@ -77,6 +81,15 @@ class LivenessModule(L.LightningModule):
 
     def spoof_scores(self, logits: Tensor) -> Tensor:
         return spoof_scores(logits, self.class_scheme.real_class_index)
+
+    def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Dropout draws from torch's global RNG: reseed it from (seed, epoch) at each epoch's first batch
+        so that each epoch, like the data order and augmentation (`EpochSeededSampler`), is a pure
+        function of them and a run resumed from an epoch-end checkpoint retraces an uninterrupted one.
+        (The first batch, not epoch start: Lightning creates the loader iterator, which draws from the
+        same RNG, before `on_train_epoch_start` on a resumed run and after it otherwise.)"""
+        if batch_idx == 0:
+            torch.manual_seed(self.hparams.seed * 1_000_003 + self.current_epoch)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         images = self._layout(batch["image"])

@@ -78,10 +78,15 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     best = best_checkpoint(trainer)
-    trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=False)
+    trainer.test(model, datamodule=datamodule, ckpt_path=best)
     metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     validation = best_validation_score(trainer)
     metrics.update(validation)
+
+    value = metrics.get(cfg.get("optimized_metric"))
+    value = float(value) if value is not None else None
+    if not trainer.is_global_zero:  # under DDP every rank tested the whole split; rank 0 reports
+        return value, metrics
 
     output_dir = Path(cfg.paths.output_dir)
     scores, result = model.test_evaluation
@@ -96,8 +101,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     log.info("Run directory: %s", output_dir)
     log.info("Best checkpoint: %s", best or "none (no ModelCheckpoint callback)")
     log.info("Report: %s (and report.md, report.html beside it)", report.metrics)
-    value = metrics.get(cfg.get("optimized_metric"))
-    return (float(value) if value is not None else None), metrics
+    return value, metrics
 
 
 def best_validation_score(trainer: L.Trainer) -> dict[str, float]:

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 
 from fas.convention import InputConvention
-from fas.inference.preprocess import face_batch, normalize
+from fas.data.crop import normalize
+from fas.inference.preprocess import face_batch
 from fas.models.pretrained import suri_convention
 
 

@@ -1,5 +1,9 @@
-"""Face crops: the published rules (Silent-Face's shifted box or whole image, suri-liveness's
-reflect-padded square with letterbox), each reproducing its original's pixels exactly.
+"""Face crops and their normalisation: image + face box -> model input, for training and inference alike.
+
+Crops follow the published rules (Silent-Face's shifted box or whole image, suri-liveness's
+reflect-padded square with letterbox), each reproducing its original's pixels exactly. A pixel scale
+of 1/k (k an integer, e.g. 1/255) is applied as a float32 division by k, as the originals do: a
+multiply by the rounded 1/255 would differ from `pixel / 255.0` in the last bit for some pixels.
 
 Boxes are (x, y, w, h) in pixels of the image they refer to. Cropping and resizing act on each channel
 alike, so the image may be BGR or RGB; the colour order is the convention's business, not the crop's.
@@ -147,3 +151,18 @@ def is_valid_box(box: Box, width: int, height: int) -> bool:
     x, y, w, h = box
     finite = all(math.isfinite(v) for v in box)
     return finite and w >= 1 and h >= 1 and x < width and y < height and x + w > 0 and y + h > 0
+
+
+def normalize(crop_bgr: np.ndarray, convention: InputConvention) -> np.ndarray:
+    """HxWx3 uint8 BGR crop -> 3xHxW float32 in the convention's colour order, scale, mean and std."""
+    pixels = crop_bgr[..., ::-1] if convention.color_order == "rgb" else crop_bgr
+    values = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+    divisor = 1.0 / convention.pixel_scale
+    if abs(divisor - round(divisor)) < 1e-9 * divisor:
+        values /= np.float32(round(divisor))
+    else:
+        values *= np.float32(convention.pixel_scale)
+    if any(convention.mean) or any(s != 1.0 for s in convention.std):
+        values -= np.array(convention.mean, np.float32)[:, None, None]
+        values /= np.array(convention.std, np.float32)[:, None, None]
+    return values

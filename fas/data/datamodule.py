@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fas.convention import ClassScheme, InputConvention
 from fas.data.cache import CropSpec, images_path, open_cache, read_cached_split, skipped_path
 from fas.data.celeba_spoof import DEFAULT_PROTOCOL, BadSample, DatasetError, Sample, crop_sample, read_split
+from fas.data.crop import normalize
 from fas.data.synthetic import SyntheticConfig, generate
 from fas.errors import ConfigError
 
@@ -23,29 +24,24 @@ log = logging.getLogger(__name__)
 Transform = Callable[..., dict[str, Any]]
 
 
-def to_tensor(crop_rgb: np.ndarray, convention: InputConvention) -> torch.Tensor:
-    """HxWx3 uint8 RGB -> 3xHxW float in the convention's colour order and normalisation.
-
-    Computed in numpy: per-image torch ops would each fork-join the intra-op thread pool, which in a
-    loader running in the training process costs more than the arithmetic (measured 30x under load).
-    """
-    pixels = crop_rgb if convention.color_order == "rgb" else crop_rgb[..., ::-1]
-    chw = pixels.transpose(2, 0, 1).astype(np.float32, order="C")
-    chw *= np.float32(convention.pixel_scale)
-    chw -= np.asarray(convention.mean, np.float32)[:, None, None]
-    chw /= np.asarray(convention.std, np.float32)[:, None, None]
-    return torch.from_numpy(chw)
-
-
 def face_item(
-    crop_rgb: np.ndarray, labels: Sequence[int], convention: InputConvention, transform: Transform | None
+    crop_rgb: np.ndarray,
+    labels: Sequence[int],
+    convention: InputConvention,
+    transform: Transform | None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
-    """Augment a crop and build the item dict; `labels` = (target, spoof type, illumination, environment)."""
+    """Augment a crop and build the item dict; `labels` = (target, spoof type, illumination, environment).
+
+    With a `seed` the augmentation is a pure function of (sample, seed), whatever process runs it.
+    """
     if transform is not None:
+        if seed is not None:
+            transform.set_random_seed(seed)
         crop_rgb = transform(image=crop_rgb)["image"]
     target, spoof_type, illumination, environment = (int(v) for v in labels)
     return {
-        "image": to_tensor(crop_rgb, convention),
+        "image": torch.from_numpy(normalize(crop_rgb[..., ::-1], convention)),
         "target": target,
         "spoof_type": spoof_type,
         "illumination": illumination,
@@ -80,10 +76,11 @@ class FaceCropDataset(Dataset):
         sample = self.samples[index]
         return crop_sample(sample.image_path, sample.box_224, self.convention, self.interpolation)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
         sample = self.samples[index]
         labels = (sample.target, sample.spoof_type, sample.illumination, sample.environment)
-        return face_item(self.load_crop(index), labels, self.convention, self.transform)
+        return face_item(self.load_crop(index), labels, self.convention, self.transform, seed)
 
 
 class PackedCropDataset(Dataset):
@@ -118,8 +115,45 @@ class PackedCropDataset(Dataset):
             self._images = np.load(self.images_path, mmap_mode="r")
         return np.array(self._images[self.rows[index]])
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return face_item(self.load_crop(index), self.labels[index], self.convention, self.transform)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        return face_item(self.load_crop(index), self.labels[index], self.convention, self.transform, seed)
+
+
+class EpochSeededSampler(Sampler[tuple[int, int]]):
+    """Training order and augmentation seeds as a pure function of (seed, epoch): `(index, sample_seed)` pairs.
+
+    Lightning calls `set_epoch` every epoch, so a run resumed from a checkpoint replays exactly the
+    order and augmentations an uninterrupted run would have seen, with any number of loader workers.
+    Under torch.distributed each rank takes every world-size-th pair of the same permutation (padded
+    to equal length), which is why `trainer=ddp` sets `use_distributed_sampler: false`.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _world(self) -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def __len__(self) -> int:
+        return -(-self.size // self._world()[1])
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator)
+        seeds = torch.randint(0, 2**31 - 1, (self.size,), generator=generator)
+        rank, world = self._world()
+        padded = torch.cat([order, order[: len(self) * world - self.size]])
+        for position in range(rank, len(padded), world):
+            index = int(padded[position])
+            yield index, int(seeds[index])
 
 
 def split_by_subject(samples: Sequence[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -163,6 +197,7 @@ class FaceDataModule(L.LightningDataModule):
         protocol: str = DEFAULT_PROTOCOL,
         val_fraction: float = 0.15,
         split_seed: int = 0,
+        seed: int = 0,
         skip_bad_samples: bool = False,
         bad_samples_dir: str | None = None,
         train_transform: Transform | None = None,
@@ -194,6 +229,7 @@ class FaceDataModule(L.LightningDataModule):
         self.protocol = protocol
         self.val_fraction = val_fraction
         self.split_seed = split_seed
+        self.seed = seed
         self.skip_bad_samples = skip_bad_samples
         self.bad_samples_dir = Path(bad_samples_dir) if bad_samples_dir else None
         self.train_transform = train_transform
@@ -270,21 +306,23 @@ class FaceDataModule(L.LightningDataModule):
             )
         log.warning("Skipping %d unusable sample(s) in the %s split%s, e.g. %s", len(bad), split, where, first)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, sampler: Sampler | None = None) -> DataLoader:
+        training = split == "train"
         return DataLoader(
             self.splits[split],
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            batch_size=self.batch_size if training else self.eval_batch_size,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            drop_last=shuffle and len(self.splits[split]) > self.batch_size,
+            drop_last=training and len(self.splits[split]) > self.batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train", EpochSeededSampler(len(self.splits["train"]), self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        """The whole validation split, on every rank: exact metrics, no padding duplicates."""
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
