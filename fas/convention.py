@@ -1,8 +1,9 @@
 """How a model wants its input and how to read its output; recorded with every checkpoint and export.
 
 Two published conventions exist (DESIGN.md): Silent-Face feeds BGR in 0..255 from a box scaled by
-2.7 or 4.0 and shifted inside the frame; suri-liveness feeds RGB / 255 from a box expanded 1.5x with
-reflect padding. Our own models record whichever the data config used.
+2.7 or 4.0 and shifted inside the frame (or, for its `org` models, the whole image resized);
+suri-liveness feeds RGB / 255 from a box expanded 1.5x with reflect padding, letterboxed. Our own
+models record whichever the data config used.
 """
 
 from __future__ import annotations
@@ -11,12 +12,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 ColorOrder = Literal["rgb", "bgr"]
-CropMode = Literal["shift", "reflect"]
+CropMode = Literal["shift", "reflect", "none"]
+CROP_MODES = ("shift", "reflect", "none")
 
 
 @dataclass(frozen=True)
 class InputConvention:
-    """Image + face box -> model input: crop, resize, colour order and `(pixel * pixel_scale - mean) / std`."""
+    """Image + face box -> model input: crop, resize, colour order and `(pixel * pixel_scale - mean) / std`.
+
+    crop_mode: `shift` (Silent-Face: box scaled by crop_scale, shifted inside the frame), `reflect`
+    (suri-liveness: square of max(w, h) * crop_scale, reflect-101 padded, letterboxed) or `none`
+    (Silent-Face `org` models: the whole image resized, the box ignored). See `fas.data.crop`.
+    """
 
     input_size: int = 80
     color_order: ColorOrder = "rgb"
@@ -29,8 +36,8 @@ class InputConvention:
     def __post_init__(self) -> None:
         if self.color_order not in ("rgb", "bgr"):
             raise ValueError(f"color_order must be 'rgb' or 'bgr', got {self.color_order!r}")
-        if self.crop_mode not in ("shift", "reflect"):
-            raise ValueError(f"crop_mode must be 'shift' or 'reflect', got {self.crop_mode!r}")
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode must be one of {', '.join(CROP_MODES)}, got {self.crop_mode!r}")
         if self.input_size < 16:
             raise ValueError(f"input_size must be at least 16 pixels, got {self.input_size}")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))

@@ -17,12 +17,13 @@ def to_gray_255(images: Tensor, convention: InputConvention) -> Tensor:
 
     The original computes the spectrum of the uint8 grayscale image, and log(1 + |F|) is not
     scale-invariant, so the target must see the same 0..255 range whatever the model's input scale.
+    A weighted sum, not einsum: autocast would run einsum's matmul in bf16 and shift the target.
     """
     mean = images.new_tensor(convention.mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = images.new_tensor(convention.std, dtype=torch.float32).view(1, 3, 1, 1)
     pixels = (images.float() * std + mean) / convention.pixel_scale
     weights = LUMA_RGB if convention.color_order == "rgb" else LUMA_RGB[::-1]
-    return torch.einsum("nchw,c->nhw", pixels, pixels.new_tensor(weights))
+    return (pixels * pixels.new_tensor(weights).view(1, 3, 1, 1)).sum(dim=1)
 
 
 def fourier_target(gray_255: Tensor, out_size: tuple[int, int]) -> Tensor:

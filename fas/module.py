@@ -1,4 +1,4 @@
-"""The LightningModule: backbone + optional Fourier head, the combined loss and the PAD metrics."""
+"""The LightningModule: backbone + optional Fourier head, the combined loss and the PAD metrics (`fas.metrics`)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torchmetrics import MetricCollection
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassAccuracy
 
 from fas.convention import ClassScheme, InputConvention
 from fas.losses import LivenessLoss, fourier_target, to_gray_255
+from fas.metrics import PadResult, ScoreCollector, Scores, ThresholdChoice, choose_threshold, pad_metrics, spoof_scores
 from fas.models import FTHead, build_backbone
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+VAL_METRICS = ("auroc", "eer", "average_precision", "threshold")
+THRESHOLD_KEY = "fas_threshold"
 
 
 class LivenessModule(L.LightningModule):
@@ -25,6 +27,9 @@ class LivenessModule(L.LightningModule):
     `convention` and `class_scheme` (plain dicts, so they live in the checkpoint's hyperparameters)
     come from the data config; export and evaluation read them back from the checkpoint.
     The spoof score used by every metric is 1 - softmax[real_class_index].
+
+    Each validation epoch chooses the decision threshold at its EER point; checkpoints record it, and the
+    test step applies it unchanged. After `trainer.test`, `test_evaluation` holds the test scores and metrics.
     """
 
     def __init__(
@@ -37,15 +42,18 @@ class LivenessModule(L.LightningModule):
         dropout: float = 0.2,
         label_smoothing: float = 0.0,
         channels_last: bool = True,
+        seed: int = 0,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
     ) -> None:
         super().__init__()
+        self.convention = InputConvention.from_dict(convention)
+        self.class_scheme = ClassScheme.from_dict(class_scheme)
+        # Plain dicts (not Hydra's DictConfig) so checkpoints load with torch.load(weights_only=True).
+        convention, class_scheme = self.convention.to_dict(), self.class_scheme.to_dict()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.convention = InputConvention.from_dict(convention)
-        self.class_scheme = ClassScheme.from_dict(class_scheme)
         self.backbone = build_backbone(
             backbone,
             input_size=self.convention.input_size,
@@ -58,18 +66,11 @@ class LivenessModule(L.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
-        self.val_metrics = self._metrics("val/")
-        self.test_metrics = self._metrics("test/")
-
-    def _metrics(self, prefix: str) -> MetricCollection:
-        return MetricCollection(
-            {
-                "auroc": BinaryAUROC(),
-                "accuracy": MulticlassAccuracy(self.class_scheme.num_classes, average="micro"),
-                "live_spoof_accuracy": BinaryAccuracy(),
-            },
-            prefix=prefix,
-        )
+        # Every rank validates and tests the whole split (see FaceDataModule), so scores are not gathered.
+        self.val_scores = ScoreCollector(sync_on_compute=False)
+        self.test_scores = ScoreCollector(sync_on_compute=False)
+        self.threshold = ThresholdChoice("eer", None, "val", "no validation epoch has run")
+        self.test_evaluation: tuple[Scores, PadResult] | None = None
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits of the backbone alone (what export keeps)."""
@@ -79,7 +80,16 @@ class LivenessModule(L.LightningModule):
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def spoof_scores(self, logits: Tensor) -> Tensor:
-        return 1.0 - logits.float().softmax(dim=1)[:, self.class_scheme.real_class_index]
+        return spoof_scores(logits, self.class_scheme.real_class_index)
+
+    def on_train_batch_start(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Dropout draws from torch's global RNG: reseed it from (seed, epoch) at each epoch's first batch
+        so that each epoch, like the data order and augmentation (`EpochSeededSampler`), is a pure
+        function of them and a run resumed from an epoch-end checkpoint retraces an uninterrupted one.
+        (The first batch, not epoch start: Lightning creates the loader iterator, which draws from the
+        same RNG, before `on_train_epoch_start` on a resumed run and after it otherwise.)"""
+        if batch_idx == 0:
+            torch.manual_seed(self.hparams.seed * 1_000_003 + self.current_epoch)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         images = self._layout(batch["image"])
@@ -94,29 +104,40 @@ class LivenessModule(L.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(images))
         return losses["loss"]
 
-    def _evaluate(self, batch: dict[str, Tensor], metrics: MetricCollection) -> Tensor:
-        logits = self(batch["image"])
-        targets = batch["target"]
-        is_spoof = (targets != self.class_scheme.real_class_index).long()
-        predicted_spoof = (logits.argmax(dim=1) != self.class_scheme.real_class_index).long()
-        metrics["auroc"].update(self.spoof_scores(logits), is_spoof)
-        metrics["accuracy"].update(logits, targets)
-        metrics["live_spoof_accuracy"].update(predicted_spoof, is_spoof)
-        return logits
+    def _score(self, batch: dict[str, Tensor], collector: ScoreCollector) -> None:
+        scores = self.spoof_scores(self(batch["image"]))
+        collector.update(scores, batch["spoof_type"], batch["illumination"], batch["environment"])
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics)
+        self._score(batch, self.val_scores)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
-        self.val_metrics.reset()
+        scores = self.val_scores.compute()
+        self.val_scores.reset()
+        self.threshold = choose_threshold("eer", scores, split="val")
+        metrics = pad_metrics(scores, self.threshold.value, self.attack_types).metrics
+        self.log_dict({f"val/{key}": _loggable(metrics[key]) for key in VAL_METRICS}, prog_bar=True)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics)
+        self._score(batch, self.test_scores)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
-        self.test_metrics.reset()
+        scores = self.test_scores.compute()
+        self.test_scores.reset()
+        result = pad_metrics(scores, self.threshold.value, self.attack_types)
+        self.test_evaluation = (scores, result)
+        self.log_dict({f"test/{key}": _loggable(value) for key, value in result.metrics.items()})
+
+    @property
+    def attack_types(self) -> list[int]:
+        return [t for t in self.class_scheme.spoof_type_classes if t != 0]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[THRESHOLD_KEY] = self.threshold.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if THRESHOLD_KEY in checkpoint:
+            self.threshold = ThresholdChoice(**checkpoint[THRESHOLD_KEY])
 
     def configure_optimizers(self) -> dict[str, Any]:
         if self.optimizer_factory is None:
@@ -125,3 +146,8 @@ class LivenessModule(L.LightningModule):
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}
+
+
+def _loggable(value: float | None) -> float:
+    """Undefined metrics are logged as NaN (the checkpoint callback ranks NaN last)."""
+    return float("nan") if value is None else value

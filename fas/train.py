@@ -12,12 +12,15 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+from fas.convention import ModelInfo
 from fas.data.datamodule import FaceDataModule
+from fas.download import resolve_model_file
 from fas.errors import ConfigError
 from fas.export.callback import OnnxExport
-from fas.models.checkpoint import check_resume_checkpoint, load_backbone_weights
+from fas.models.checkpoint import check_resume_checkpoint
+from fas.models.pretrained import load_pretrained
 from fas.module import LivenessModule
-from fas.report import write_metrics
+from fas.report import ModelEvaluation, log_to_wandb, write_report
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
-    """Train, test the best checkpoint and write `report/metrics.json`.
+    """Train, test the best checkpoint and write the report (`report/metrics.json`, `report.md`, `report.html`).
 
     Returns the value of `cfg.optimized_metric` (for sweepers) and all test metrics.
     """
@@ -58,7 +61,13 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         class_scheme=datamodule.class_scheme.to_dict(),
     )
     if cfg.get("pretrained"):
-        load_backbone_weights(model.backbone, cfg.pretrained, cfg.model.backbone)
+        load_pretrained(
+            model.backbone,
+            resolve_model_file(cfg.pretrained),
+            cfg.model.backbone,
+            datamodule.convention,
+            reinit_classifier=cfg.get("pretrained_reinit_classifier", False),
+        )
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and ckpt_path not in LIGHTNING_CKPT_ALIASES:
         check_resume_checkpoint(model, ckpt_path, cfg.model.backbone)
@@ -70,27 +79,41 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     best = best_checkpoint(trainer)
-    trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=False)
+    trainer.test(model, datamodule=datamodule, ckpt_path=best)
     metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    validation = best_validation_score(trainer)
+    metrics.update(validation)
+
+    value = metrics.get(cfg.get("optimized_metric"))
+    value = float(value) if value is not None else None
+    if not trainer.is_global_zero:  # under DDP every rank tested the whole split; rank 0 reports
+        return value, metrics
 
     output_dir = Path(cfg.paths.output_dir)
-    report = write_metrics(
-        output_dir / "report",
-        metrics,
-        checkpoint=best,
-        model=cfg.model.backbone,
-        input_size=datamodule.convention.input_size,
-        class_scheme=datamodule.class_scheme.name,
+    scores, result = model.test_evaluation
+    info = ModelInfo(model.convention, model.class_scheme, cfg.model.backbone)
+    name = Path(best).name if best else "final weights"
+    evaluation = ModelEvaluation(name, best, info, model.threshold, scores, result)
+    report = write_report(
+        output_dir / "report", [evaluation], split="test", extra_metrics=validation, data_root=str(datamodule.root)
     )
+    log_to_wandb(loggers, [evaluation], report, prefix="test")
     log.info("Test metrics: %s", {k: round(float(v), 4) for k, v in metrics.items()})
     log.info("Run directory: %s", output_dir)
     log.info("Best checkpoint: %s", best or "none (no ModelCheckpoint callback)")
-    log.info("Report: %s", report)
+    log.info("Report: %s (and report.md, report.html beside it)", report.metrics)
     for callback in callbacks:
         if isinstance(callback, OnnxExport) and callback.result is not None:
             log.info("Export: %s", callback.result.summary())
-    value = metrics.get(cfg.get("optimized_metric"))
-    return (float(value) if value is not None else None), metrics
+    return value, metrics
+
+
+def best_validation_score(trainer: L.Trainer) -> dict[str, float]:
+    """The monitored validation metric of the checkpoint that was tested (e.g. the best `val/auroc`)."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.monitor and callback.best_model_score is not None:
+            return {callback.monitor: float(callback.best_model_score)}
+    return {}
 
 
 def best_checkpoint(trainer: L.Trainer) -> str | None:

@@ -34,16 +34,42 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 CONFIG_DIR = REPO_ROOT / "configs"
 
+TINY_RUN = [
+    "data=celeba_spoof",
+    "data.num_workers=0",
+    "data.batch_size=8",
+    "data.eval_batch_size=16",
+    "+trainer.enable_progress_bar=false",
+]
 
-def compose_train(overrides: list[str], run_dir: Path, config_name: str = "train"):
-    """Compose `configs/<config_name>.yaml` as `python train.py <overrides>` (or export.py) would,
-    with the run in `run_dir`."""
+
+@pytest.fixture(scope="session")
+def short_fit(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    """The run directory of a 6-epoch training on `tiny_data` (64 px, AdamW), shared by the train and
+    evaluate tests: trained enough that its spoof scores spread out instead of all sitting near 0.5."""
+    from fas.train import train
+
+    run_dir = tmp_path_factory.mktemp("short_fit")
+    overrides = [f"data.root={tiny_data}", "data.input_size=64", "optimizer=adamw", "trainer.max_epochs=6"]
+    cfg = compose_train([*TINY_RUN, *overrides, "trainer.log_every_n_steps=1", "seed=0"], run_dir)
+    metric, metrics = train(cfg)
+    assert metric == pytest.approx(float(metrics["test/auroc"]))
+    return run_dir
+
+
+def compose_train(overrides: list[str], run_dir: Path):
+    """Compose `configs/train.yaml` as `python train.py <overrides>` would, with the run in `run_dir`."""
+    return compose_config("train", overrides, run_dir)
+
+
+def compose_config(name: str, overrides: list[str], run_dir: Path):
+    """Compose `configs/<name>.yaml` as its Hydra app would, with the run directory in `run_dir`."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.paths.root_dir = str(run_dir)
         cfg.paths.output_dir = str(run_dir)
@@ -53,3 +79,92 @@ def compose_train(overrides: list[str], run_dir: Path, config_name: str = "train
     with open_dict(cfg):
         del cfg.hydra  # kept by HydraConfig; the job config never carries it
     return cfg
+
+
+PUBLISHED_WEIGHTS = (
+    "silentface/2.7_80x80_MiniFASNetV2.pth",
+    "silentface/4_0_0_80x80_MiniFASNetV1SE.pth",
+    "suri-liveness/best_model.pth",
+)
+
+
+@pytest.fixture(scope="session")
+def published_onnx(reference_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The published weight files (by file name) exported to ONNX through `load_backend`, once per session."""
+    from fas.export.onnx import export_onnx
+    from fas.inference.backends import load_backend
+
+    folder = tmp_path_factory.mktemp("published_onnx")
+    exported = {}
+    for relative in PUBLISHED_WEIGHTS:
+        backend = load_backend(reference_dir / relative)
+        name = Path(relative).name
+        exported[name] = export_onnx(backend.model, backend.info, folder / name.replace(".pth", ".onnx"))
+    return exported
+
+
+# How `broken_data` breaks samples: (split, index among the split's sorted keys, what is done, reason reported).
+BREAKAGES = [
+    ("train", 0, "delete _BB.txt", "missing _BB.txt"),
+    ("train", 1, "_BB.txt = 'left top width height'", "malformed _BB.txt, non-numeric values"),
+    ("train", 2, "_BB.txt = '1 2 3'", "malformed _BB.txt, expected 'x y w h score'"),
+    ("train", 3, "_BB.txt = '10 10 0 8 0.9'", "degenerate box x=10.0 y=10.0 w=0.0 h=8.0"),
+    ("train", 4, "_BB.txt = '300 10 20 20 0.9'", "lies outside the 224x224 frame"),
+    ("train", 5, "_BB.txt = '100 100 0.2 0.2 0.9'", "is under a pixel or outside the"),
+    ("train", 6, "truncate image", "truncated image (no end-of-image marker)"),
+    ("train", 7, "image = b'not an image'", "cannot decode the image"),
+    ("train", 8, "empty image", "empty image file"),
+    ("train", 9, "delete image", "image file missing"),
+    ("test", 0, "truncate image", "truncated image (no end-of-image marker)"),
+    ("test", 1, "delete _BB.txt", "missing _BB.txt"),
+]
+
+
+def break_samples(root: Path) -> dict[str, str]:
+    """Apply BREAKAGES to a CelebA-Spoof tree; returns {key: reason prepare must report}."""
+    import json
+
+    broken = {}
+    for split, index, action, reason in BREAKAGES:
+        key = sorted(json.loads((root / f"metas/intra_test/{split}_label.json").read_text()))[index]
+        image = root / key
+        bb = image.with_name(f"{image.stem}_BB.txt")
+        if action == "delete _BB.txt":
+            bb.unlink()
+        elif action.startswith("_BB.txt = "):
+            bb.write_text(action.split(" = ")[1].strip("'"))
+        elif action == "truncate image":
+            data = image.read_bytes()
+            image.write_bytes(data[: int(len(data) * 0.6)])
+        elif action == "image = b'not an image'":
+            image.write_bytes(b"not an image")
+        elif action == "empty image":
+            image.write_bytes(b"")
+        elif action == "delete image":
+            image.unlink()
+        broken[key] = reason
+    return broken
+
+
+@pytest.fixture(scope="session")
+def broken_data(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> tuple[Path, dict[str, str]]:
+    """`tiny_data` with one sample broken in each way CelebA-Spoof files break (BREAKAGES)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("broken_data") / "CelebA_Spoof"
+    shutil.copytree(tiny_data, root)
+    return root, break_samples(root)
+
+
+PREPARED_CROP_SETTINGS = {"size": 64, "scale": 2.7, "mode": "shift", "interpolation": None}
+
+
+@pytest.fixture(scope="session")
+def prepared_cache(tmp_path_factory: pytest.TempPathFactory, broken_data: tuple[Path, dict[str, str]]) -> Path:
+    """`python -m fas.data.prepare` run on `broken_data` (64 px shift crops, chunks of 8 samples)."""
+    from fas.data.cache import CropSpec
+    from fas.data.prepare import prepare
+
+    output = tmp_path_factory.mktemp("prepared") / "cache"
+    prepare(broken_data[0], output, CropSpec(**PREPARED_CROP_SETTINGS), workers=2, chunk_size=8, progress=False)
+    return output

@@ -1,14 +1,29 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
+import hydra
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from fas.convention import ClassScheme
-from fas.data.celeba_spoof import DatasetError, read_bb, read_image, read_split, subject_of
+from fas.data.celeba_spoof import (
+    SPOOF_TYPES,
+    DatasetError,
+    SampleError,
+    available_protocols,
+    iter_labels,
+    read_bb,
+    read_image,
+    read_split,
+    subject_of,
+)
+
+from conftest import CONFIG_DIR
 
 BINARY = ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1})
 SILENTFACE3 = ClassScheme("silentface3", ("print", "live", "replay"), 1, {0: 1, 1: 0, 2: 0, 3: 0, 7: 2, 8: 2, 9: 2})
@@ -109,12 +124,117 @@ def test_read_bb_accepts_floats(tmp_path: Path) -> None:
     assert read_bb(path) == (1.5, 2.0, 3.25, 4.0)
 
 
-def test_unreadable_image_names_the_file(tmp_path: Path) -> None:
+def natural_image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return cv2.GaussianBlur(rng.integers(0, 256, (120, 160, 3)).astype(np.uint8), (0, 0), 2)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "image file missing"),
+        (b"", "empty image file"),
+        (b"not an image", "cannot decode the image (corrupt or not an image)"),
+        ("jpeg 60%", "truncated image (no end-of-image marker)"),
+        ("png 60%", "truncated image (no end-of-image marker)"),
+        (b"\xff\xd8\xff garbage", "truncated image (no end-of-image marker)"),
+    ],
+)
+def test_unusable_images_name_the_file_and_the_reason(tmp_path: Path, content, reason: str) -> None:
     path = tmp_path / "broken.jpg"
-    path.write_bytes(b"\xff\xd8\xff garbage")
-    with pytest.raises(DatasetError, match=r"broken.jpg: cannot read the image"):
+    if isinstance(content, str):
+        encoded = cv2.imencode("." + content.split()[0].replace("jpeg", "jpg"), natural_image())[1].tobytes()
+        path.write_bytes(encoded[: int(len(encoded) * 0.6)])
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(SampleError, match=r"broken.jpg: ") as caught:
         read_image(path)
+    assert caught.value.reason == reason and caught.value.path == path
+    assert str(caught.value).endswith("re-extract it from the dataset archive or remove it from the label file")
+
+
+def test_complete_images_read_also_with_bytes_after_the_end_marker(tmp_path: Path) -> None:
+    image = natural_image()
+    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+    (tmp_path / "trailer.jpg").write_bytes(jpeg + b"maker trailer \x00\x01")
+    (tmp_path / "image.png").write_bytes(cv2.imencode(".png", image)[1].tobytes())
+    assert read_image(tmp_path / "trailer.jpg").shape == (120, 160, 3)
+    np.testing.assert_array_equal(read_image(tmp_path / "image.png"), image)
+
+
+# The class schemes documented in configs/class_scheme/*.yaml and DESIGN.md: spoof type -> class (None = excluded).
+DOCUMENTED_SCHEMES = {
+    "binary": (("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1}),
+    "binary_all": (("live", "spoof"), 0, {t: int(t != 0) for t in range(11)}),
+    "silentface3": (("print", "live", "replay"), 1, {0: 1, 1: 0, 2: 0, 3: 0, 4: 0, 5: 0, 6: 0, 7: 2, 8: 2, 9: 2}),
+    "per_type": (tuple(SPOOF_TYPES.values()), 0, {t: t for t in range(11)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED_SCHEMES))
+def test_each_class_scheme_config_maps_the_documented_spoof_types(name: str, tmp_path: Path) -> None:
+    scheme = hydra.utils.instantiate(OmegaConf.load(CONFIG_DIR / "class_scheme" / f"{name}.yaml"))
+    class_names, real_index, mapping = DOCUMENTED_SCHEMES[name]
+    assert (scheme.name, scheme.class_names, scheme.real_class_index) == (name, class_names, real_index)
+    assert scheme.class_names[scheme.real_class_index] == "live"
+    assert {t: scheme.class_of(t) for t in SPOOF_TYPES} == {t: mapping.get(t) for t in SPOOF_TYPES}
+    write_tree(
+        tmp_path,
+        {f"Data/train/{t}/{'spoof' if t else 'live'}/{t:06d}.jpg": (labels(t), "50 50 60 60 0.9") for t in SPOOF_TYPES},
+        size=(64, 64),
+    )
+    samples, bad = read_split(tmp_path, "train", scheme)
+    assert bad == [] and {s.spoof_type: s.target for s in samples} == mapping
+
+
+def test_protocol_label_files_are_read_where_present(tmp_path: Path) -> None:
+    entries = {
+        "Data/train/1/live/a.jpg": (labels(0), "50 50 60 60 0.9"),
+        "Data/train/2/spoof/b.jpg": (labels(7), "50 50 60 60 0.9"),
+        "Data/test/3/spoof/c.jpg": (labels(1), "50 50 60 60 0.9"),
+    }
+    write_tree(tmp_path, entries, size=(64, 64))
+    for protocol, keys in (
+        ("protocol1", ["Data/train/1/live/a.jpg"]),
+        ("protocol2/test_on_low_quality_device", ["Data/train/2/spoof/b.jpg", "Data/test/3/spoof/c.jpg"]),
+    ):
+        folder = tmp_path / "metas" / protocol
+        folder.mkdir(parents=True)
+        (folder / "train_label.json").write_text(json.dumps({k: entries[k][0] for k in keys}))
+    assert available_protocols(tmp_path) == ["intra_test", "protocol1", "protocol2/test_on_low_quality_device"]
+    samples, _ = read_split(tmp_path, "train", BINARY, protocol="protocol2/test_on_low_quality_device")
+    assert [(s.key, s.target) for s in samples] == [("Data/train/2/spoof/b.jpg", 1), ("Data/test/3/spoof/c.jpg", 1)]
+    samples, _ = read_split(tmp_path, "train", BINARY, protocol="protocol1")
+    assert [s.key for s in samples] == ["Data/train/1/live/a.jpg"]
+    with pytest.raises(DatasetError, match=r"no 'protocol3' protocol in .*metas; set data.protocol to one of: "):
+        read_split(tmp_path, "train", BINARY, protocol="protocol3")
 
 
 def test_subject_of() -> None:
     assert subject_of("Data/train/4930/live/000001.jpg") == "4930"
+
+
+def test_streamed_labels_equal_the_whole_file_in_file_order(tiny_data: Path, tmp_path: Path) -> None:
+    path = tiny_data / "metas/intra_test/train_label.json"
+    labels = json.loads(path.read_text())
+    assert list(iter_labels(path, lookahead=64)) == list(labels.items())  # entries cut by the buffer end
+    indented = tmp_path / "indented.json"
+    indented.write_text(json.dumps(labels, indent=2))
+    assert list(iter_labels(indented, lookahead=64)) == list(labels.items())
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"a": [1, 2]}', "entry 'a' must be a list of 44 integers"),
+        ("[1]", "not valid JSON (expected '{' at entry 1)"),
+        ('{"a" [1]}', "not valid JSON (expected ':' at entry 1)"),
+        ('{"a": [' + "0, " * 43 + "0]", "not valid JSON (expected ',}' at entry 2)"),
+        ("", "not valid JSON (expected '{' at entry 1)"),
+    ],
+)
+def test_streamed_labels_refuse_malformed_files(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "train_label.json"
+    path.write_text(text)
+    with pytest.raises(DatasetError, match=re.escape(f"{path}: {message}")):
+        list(iter_labels(path))

@@ -5,14 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+import numpy as np
 import pytest
 import torch
-from conftest import CONFIG_DIR, compose_train
 from omegaconf import OmegaConf
 
 from fas.convention import ClassScheme
 from fas.data.datamodule import FaceDataModule
 from fas.module import LivenessModule
+
+from conftest import CONFIG_DIR, compose_train
 
 GROUPS = [
     "model",
@@ -53,6 +55,9 @@ def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Pat
     OmegaConf.resolve(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
     assert isinstance(datamodule, FaceDataModule) and isinstance(datamodule.class_scheme, ClassScheme)
+    if datamodule.train_transform is not None:
+        crop = np.zeros((cfg.data.input_size, cfg.data.input_size, 3), np.uint8)
+        assert datamodule.train_transform(image=crop)["image"].shape == crop.shape
     model = hydra.utils.instantiate(
         cfg.model, convention=datamodule.convention.to_dict(), class_scheme=datamodule.class_scheme.to_dict()
     )
@@ -72,3 +77,18 @@ def test_the_three_one_key_settings(tmp_path: Path) -> None:
     assert cfg.augmentation.train.transforms[0].size == [128, 128]
     assert cfg.model.ft_weight == 0
     assert cfg.class_scheme.real_class_index == 1
+
+
+def test_slurm_launcher_composes_with_one_task_per_device() -> None:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
+    assert cfg.trainer.strategy == "ddp"

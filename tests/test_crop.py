@@ -1,10 +1,26 @@
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 
 from fas.convention import InputConvention
-from fas.data.crop import bb224_to_pixels, crop_face, is_valid_box, reflect_crop, shift_crop, shift_crop_box
+from fas.data.crop import (
+    bb224_to_pixels,
+    crop_face,
+    is_valid_box,
+    letterbox,
+    reflect_crop,
+    reflect_square,
+    shift_crop,
+    shift_crop_box,
+    whole_image,
+)
+from fas.errors import ConfigError
 
 
 def test_bb224_scales_each_axis_by_its_own_factor() -> None:
@@ -34,11 +50,19 @@ def test_shift_crop_output_size() -> None:
     assert shift_crop(image, (40, 45, 20, 10), 2.0, 80).shape == (80, 80, 3)
 
 
-def test_reflect_crop_pads_by_mirroring() -> None:
+def test_reflect_square_pads_by_mirroring() -> None:
+    image = np.arange(10 * 10 * 3, dtype=np.uint8).reshape(10, 10, 3)
+    square = reflect_square(image, (-2, 0, 6, 6), 1.0)
+    # Square of side 6 at x in [-2, 4): columns 2, 1 mirrored (reflect-101), then 0..3.
+    np.testing.assert_array_equal(square[:, :, 0], image[0:6][:, [2, 1, 0, 1, 2, 3], 0])
+
+
+def test_reflect_square_mirrors_inside_the_visible_part_only() -> None:
+    # As the original: crop the visible part first, then pad it. Side 4 at x in [-2, 2) sees columns 0, 1
+    # only, so the padding mirrors those two (0, 1, 0, 1), not the image's column 2.
     image = np.arange(10 * 10 * 3, dtype=np.uint8).reshape(10, 10, 3)
     crop = reflect_crop(image, (-2, 0, 4, 4), 1.0, 4)
-    # Square of side 4 at x in [-2, 2): columns 2, 1 mirrored (reflect-101), then 0, 1.
-    np.testing.assert_array_equal(crop[:, :, 0], image[0:4][:, [2, 1, 0, 1], 0])
+    np.testing.assert_array_equal(crop[:, :, 0], image[0:4][:, [0, 1, 0, 1], 0])
 
 
 def test_reflect_crop_survives_boxes_far_outside() -> None:
@@ -46,7 +70,7 @@ def test_reflect_crop_survives_boxes_far_outside() -> None:
     assert reflect_crop(image, (0, 0, 6, 6), 4.0, 16).shape == (16, 16, 3)
 
 
-@pytest.mark.parametrize("mode", ["shift", "reflect"])
+@pytest.mark.parametrize("mode", ["shift", "reflect", "none"])
 def test_crop_face_uses_the_convention(mode: str) -> None:
     image = np.zeros((120, 90, 3), np.uint8)
     convention = InputConvention(input_size=64, crop_mode=mode, crop_scale=1.5)
@@ -58,3 +82,66 @@ def test_is_valid_box() -> None:
     assert not is_valid_box((10, 10, 0, 5), 100, 100)
     assert not is_valid_box((120, 10, 5, 5), 100, 100)
     assert not is_valid_box((float("nan"), 10, 5, 5), 100, 100)
+
+
+def test_reflect_square_truncates_corners_toward_zero() -> None:
+    # Box 2x4 at (-0.5, 0), scale 1.5: extent 6, centre (0.5, 2) -> corner (int(-2.5), int(-1.0)) = (-2, -1),
+    # truncated toward zero as the original does (floor would give -3).
+    image = np.arange(8 * 8, dtype=np.uint8).reshape(8, 8, 1).repeat(3, axis=2)
+    square = reflect_square(image, (-0.5, 0, 2, 4), 1.5)
+    assert square.shape == (6, 6, 3)
+    # Columns -2..3 with reflect-101: -2 -> 2, -1 -> 1; rows -1..4: -1 -> 1.
+    np.testing.assert_array_equal(square[:, :, 0], image[[1, 0, 1, 2, 3, 4]][:, [2, 1, 0, 1, 2, 3], 0])
+
+
+def test_reflect_square_outside_the_image_is_refused() -> None:
+    with pytest.raises(ValueError, match="lies outside the 8x8 image"):
+        reflect_square(np.zeros((8, 8, 3), np.uint8), (40, 40, 4, 4), 1.5)
+
+
+def test_letterbox_pads_the_pixel_lost_to_rounding() -> None:
+    # 128 / 239 * 239 = 127.99999999999999 -> int 127: the original resizes to 127 and reflect-pads one pixel.
+    image = np.random.default_rng(1).integers(0, 256, (239, 239, 3), dtype=np.uint8)
+    out = letterbox(image, 128)
+    resized = cv2.resize(image, (127, 127), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(out[:127, :127], resized)
+    np.testing.assert_array_equal(out[127, :127], resized[125])  # reflect-101 of the last row
+    assert out.shape == (128, 128, 3)
+
+
+def test_letterbox_enlarges_with_lanczos_and_keeps_the_aspect() -> None:
+    image = np.random.default_rng(2).integers(0, 256, (40, 20, 3), dtype=np.uint8)
+    out = letterbox(image, 80)
+    expected = cv2.resize(image, (40, 80), interpolation=cv2.INTER_LANCZOS4)
+    np.testing.assert_array_equal(out[:, 20:60], expected)
+    np.testing.assert_array_equal(out[:, 19], expected[:, 1])  # left pad mirrors column 1
+
+
+def test_whole_image_ignores_the_box() -> None:
+    image = np.random.default_rng(3).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    convention = InputConvention(input_size=32, crop_mode="none")
+    np.testing.assert_array_equal(crop_face(image, (1, 2, 3, 4), convention), cv2.resize(image, (32, 32)))
+    np.testing.assert_array_equal(whole_image(image, 32), cv2.resize(image, (32, 32)))
+
+
+def test_silentface_crops_match_the_recorded_hashes(reference_dir: Path) -> None:
+    expected = json.loads((reference_dir / "expected/silentface.json").read_text())
+    for name, record in expected["images"].items():
+        image = cv2.imread(str(reference_dir / "images" / name))
+        assert list(image.shape) == record["image_shape"]
+        for model in record["models"].values():
+            crop = shift_crop(image, record["bbox_xywh"], model["scale"], 80)
+            assert hashlib.sha256(crop.tobytes()).hexdigest() == model["crop_sha256"], (name, model["scale"])
+
+
+def test_interpolation_overrides_the_rule_and_unknown_names_are_refused() -> None:
+    image = np.random.default_rng(1).integers(0, 256, (100, 200, 3), dtype=np.uint8)
+    region = image[40:61, 30:71]  # shift_crop_box(200, 100, (40, 45, 20, 10), 2.0) == (30, 40, 70, 60)
+    for name, flag in (("nearest", cv2.INTER_NEAREST), ("area", cv2.INTER_AREA)):
+        expected = cv2.resize(region, (16, 16), interpolation=flag)
+        np.testing.assert_array_equal(shift_crop(image, (40, 45, 20, 10), 2.0, 16, name), expected)
+    np.testing.assert_array_equal(
+        shift_crop(image, (40, 45, 20, 10), 2.0, 16), cv2.resize(region, (16, 16), interpolation=cv2.INTER_LINEAR)
+    )
+    with pytest.raises(ConfigError, match="unknown interpolation 'bicubic'"):
+        crop_face(image, (40, 45, 20, 10), InputConvention(input_size=16), interpolation="bicubic")

@@ -2,12 +2,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
+import hydra
+import numpy as np
 import pytest
 import torch
+from omegaconf import open_dict
 
 from fas.convention import ClassScheme
 from fas.data.celeba_spoof import DatasetError
-from fas.data.datamodule import FaceDataModule, split_by_subject
+from fas.data.datamodule import FaceCropDataset, FaceDataModule, split_by_subject
 
 BINARY = ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1})
 
@@ -79,3 +83,65 @@ def test_missing_root_and_empty_dataset(tmp_path: Path) -> None:
     (metas / "train_label.json").write_text("{}")
     with pytest.raises(DatasetError, match="the train split has no usable samples for class scheme 'masks'"):
         FaceDataModule(root=str(tmp_path), class_scheme=masks_only).setup()
+
+
+SILENTFACE_TRANSFORMS = ["RandomResizedCrop", "ColorJitter", "Rotate", "HorizontalFlip"]
+PRESETS = {
+    "none": [],
+    "silentface": SILENTFACE_TRANSFORMS,
+    "strong": [*SILENTFACE_TRANSFORMS, "GaussianBlur", "ImageCompression", "RandomGamma", "GaussNoise"],
+}
+
+
+def augmentation(name: str, size: int, run_dir: Path, always: bool = False):
+    """The `augmentation=<name>` preset as train.py builds it; `always` sets every transform's p to 1."""
+    from conftest import compose_train
+
+    cfg = compose_train([f"augmentation={name}", f"data.input_size={size}"], run_dir)
+    if cfg.augmentation.train is not None and always:
+        with open_dict(cfg):
+            for entry in cfg.augmentation.train.transforms:
+                entry.p = 1.0
+    return hydra.utils.instantiate(cfg.augmentation.train)
+
+
+def face_crop(size: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return cv2.GaussianBlur(rng.integers(0, 256, (size, size, 3)).astype(np.uint8), (0, 0), 1.5)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("size", [80, 128])
+def test_augmentation_presets_transform_crops_of_any_input_size(name: str, size: int, tmp_path: Path) -> None:
+    transform = augmentation(name, size, tmp_path, always=True)
+    if name == "none":
+        assert transform is None
+        return
+    assert [type(t).__name__ for t in transform.transforms] == PRESETS[name]
+    crop = face_crop(size)
+    transform.set_random_seed(0)
+    out = transform(image=crop)["image"]
+    assert out.shape == (size, size, 3) and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - crop).mean() > 5  # every transform ran (p=1): the crop really changed
+    transform.set_random_seed(0)
+    np.testing.assert_array_equal(transform(image=crop)["image"], out)
+
+
+def test_silentface_random_resized_crop_matches_torchvision_with_scale_up_to_1_1(tmp_path: Path) -> None:
+    """Silent-Face's RandomResizedCrop(scale=(0.9, 1.1)) leaves 31.8% of square crops uncropped (simulated
+    with torchvision's sampling rule); the preset's scale [0.9, 1.0] at p=0.75 must do the same."""
+    transform = augmentation("silentface", 32, tmp_path)
+    transform.set_random_seed(0)
+    resized_crop = transform.transforms[0]
+    crop = (np.arange(32 * 32 * 3) % 251).astype(np.uint8).reshape(32, 32, 3)
+    kept = [np.array_equal(resized_crop(image=crop)["image"], crop) for _ in range(2000)]
+    assert 0.28 < np.mean(kept) < 0.36
+
+
+def test_only_training_items_are_augmented(tiny_data: Path, tmp_path: Path) -> None:
+    dm = make(tiny_data, input_size=80, train_transform=augmentation("silentface", 80, tmp_path, always=True))
+    train = dm.splits["train"]
+    assert dm.splits["val"].transform is None and dm.splits["test"].transform is None
+    plain = FaceCropDataset(train.samples, dm.convention)
+    assert not torch.equal(train[0]["image"], plain[0]["image"])
+    assert train[0]["target"] == plain[0]["target"]

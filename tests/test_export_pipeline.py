@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import REPO_ROOT, compose_train
+from conftest import REPO_ROOT, compose_config, compose_train
 
 from fas.convention import ClassScheme
 from fas.data.celeba_spoof import read_split
@@ -80,10 +80,10 @@ def test_training_ends_with_both_files_and_the_report(trained: tuple[Path, list[
 
 def test_export_without_int8_in_process(trained: tuple[Path, list[str]], tiny_data: Path, tmp_path: Path) -> None:
     run_dir, _ = trained
-    cfg = compose_train(
+    cfg = compose_config(
+        "export",
         [f"ckpt_path={best_checkpoint(run_dir)}", "data=celeba_spoof", f"data.root={tiny_data}", "quantization=none"],
         tmp_path,
-        config_name="export",
     )
     result = export(cfg)
     assert result.fp32 == tmp_path / "export" / "model.onnx" and result.int8 is None

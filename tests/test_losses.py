@@ -61,3 +61,14 @@ def test_zero_ft_weight_ignores_the_head() -> None:
     assert set(losses) == {"loss", "loss_ce"}
     with pytest.raises(ValueError, match="ft_weight"):
         LivenessLoss(ft_weight=1.5)
+
+
+def test_the_fourier_target_stays_float32_under_bf16_autocast() -> None:
+    """trainer.precision=bf16-mixed must not change the target (einsum under autocast shifted it by 0.1)."""
+    convention = InputConvention(input_size=64)
+    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    expected = fourier_target(to_gray_255(images, convention), (8, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        target = fourier_target(to_gray_255(images, convention), (8, 8))
+    assert target.dtype == torch.float32
+    torch.testing.assert_close(target, expected, rtol=0, atol=1e-6)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import TINY
 
 from fas.data.celeba_spoof import read_bb
 from fas.data.synthetic import MARKER, generate
+
+from conftest import TINY
 
 
 def digest(root: Path) -> str:

@@ -1,6 +1,12 @@
-"""Face crops: the two published rules (Silent-Face's shifted box, suri-liveness's reflect-padded square).
+"""Face crops and their normalisation: image + face box -> model input, for training and inference alike.
 
-Boxes are (x, y, w, h) in pixels of the image they refer to.
+Crops follow the published rules (Silent-Face's shifted box or whole image, suri-liveness's
+reflect-padded square with letterbox), each reproducing its original's pixels exactly. A pixel scale
+of 1/k (k an integer, e.g. 1/255) is applied as a float32 division by k, as the originals do: a
+multiply by the rounded 1/255 would differ from `pixel / 255.0` in the last bit for some pixels.
+
+Boxes are (x, y, w, h) in pixels of the image they refer to. Cropping and resizing act on each channel
+alike, so the image may be BGR or RGB; the colour order is the convention's business, not the crop's.
 """
 
 from __future__ import annotations
@@ -11,10 +17,31 @@ import cv2
 import numpy as np
 
 from fas.convention import InputConvention
+from fas.errors import ConfigError
 
 Box = tuple[float, float, float, float]
 
 BB_FRAME = 224  # CelebA-Spoof's _BB.txt coordinates refer to the image resized to 224x224
+
+# Resampling of the crop to the output size. None keeps each rule's own: bilinear for the shift crop
+# and the whole image (Silent-Face), area when shrinking and Lanczos when growing for the letterbox
+# of the reflect crop (suri-liveness).
+INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST,
+    "linear": cv2.INTER_LINEAR,
+    "cubic": cv2.INTER_CUBIC,
+    "area": cv2.INTER_AREA,
+    "lanczos": cv2.INTER_LANCZOS4,
+}
+
+
+def interpolation_flag(name: str | None, default: int) -> int:
+    """The cv2 flag of an interpolation name; `default` when the name is None."""
+    if name is None:
+        return default
+    if name not in INTERPOLATIONS:
+        raise ConfigError(f"unknown interpolation {name!r}; choose one of {', '.join(INTERPOLATIONS)}, or null")
+    return INTERPOLATIONS[name]
 
 
 def bb224_to_pixels(box_224: Box, width: int, height: int) -> Box:
@@ -50,49 +77,73 @@ def shift_crop_box(width: int, height: int, box: Box, scale: float) -> tuple[int
     return int(x1), int(y1), int(x2), int(y2)
 
 
-def shift_crop(image: np.ndarray, box: Box, scale: float, out_size: int) -> np.ndarray:
+def shift_crop(
+    image: np.ndarray, box: Box, scale: float, out_size: int, interpolation: str | None = None
+) -> np.ndarray:
     """Silent-Face's `CropImage.crop`: shifted scaled box, then `cv2.resize` (bilinear) to out_size."""
     height, width = image.shape[:2]
     x1, y1, x2, y2 = shift_crop_box(width, height, box, scale)
-    return cv2.resize(image[y1 : y2 + 1, x1 : x2 + 1], (out_size, out_size))
+    flag = interpolation_flag(interpolation, cv2.INTER_LINEAR)
+    return cv2.resize(image[y1 : y2 + 1, x1 : x2 + 1], (out_size, out_size), interpolation=flag)
 
 
-def reflect_crop(image: np.ndarray, box: Box, scale: float, out_size: int) -> np.ndarray:
-    """suri-liveness's crop: square of side max(w, h) * scale about the box centre, reflect-101
-    padding where it leaves the image, resized to out_size (area when shrinking, Lanczos when growing).
+def reflect_square(image: np.ndarray, box: Box, scale: float) -> np.ndarray:
+    """suri-liveness's crop: a square of side max(w, h) * scale about the box centre, reflect-101
+    padded where it leaves the image.
+
+    Rounding follows the original exactly: the corner is `int(centre - side / 2)` (truncation toward
+    zero, so -3.5 -> -3) with the unrounded side, and the side itself is `int(max(w, h) * scale)`.
     """
     x, y, w, h = box
-    side = max(int(max(w, h) * scale), 1)
-    cx, cy = x + w / 2, y + h / 2
-    x1, y1 = int(cx - side / 2), int(cy - side / 2)
-    x2, y2 = x1 + side, y1 + side
+    extent = max(w, h) * scale
+    side = max(int(extent), 1)
+    x1, y1 = int(x + w / 2 - extent / 2), int(y + h / 2 - extent / 2)
     height, width = image.shape[:2]
-    pad_left, pad_top = max(0, -x1), max(0, -y1)
-    pad_right, pad_bottom = max(0, x2 - width), max(0, y2 - height)
-    if pad_left or pad_top or pad_right or pad_bottom:
-        image = _reflect_pad(image, pad_top, pad_bottom, pad_left, pad_right)
-        x1, x2, y1, y2 = x1 + pad_left, x2 + pad_left, y1 + pad_top, y2 + pad_top
-    square = image[y1:y2, x1:x2]
-    interpolation = cv2.INTER_AREA if side > out_size else cv2.INTER_LANCZOS4
-    return cv2.resize(square, (out_size, out_size), interpolation=interpolation)
+    visible = image[max(0, y1) : min(height, y1 + side), max(0, x1) : min(width, x1 + side)]
+    if visible.size == 0:
+        raise ValueError(f"the {side}-pixel square about face box {box} lies outside the {width}x{height} image")
+    top, left = max(0, -y1), max(0, -x1)
+    bottom, right = max(0, y1 + side - height), max(0, x1 + side - width)
+    return cv2.copyMakeBorder(visible, top, bottom, left, right, cv2.BORDER_REFLECT_101)
 
 
-def _reflect_pad(image: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
-    """BORDER_REFLECT_101 padding that also works when the pad exceeds the image (reflects repeatedly)."""
-    while top or bottom or left or right:
-        height, width = image.shape[:2]
-        t, b = min(top, height - 1), min(bottom, height - 1)
-        lft, r = min(left, width - 1), min(right, width - 1)
-        image = cv2.copyMakeBorder(image, t, b, lft, r, cv2.BORDER_REFLECT_101)
-        top, bottom, left, right = top - t, bottom - b, left - lft, right - r
-    return image
+def letterbox(image: np.ndarray, out_size: int, interpolation: str | None = None) -> np.ndarray:
+    """suri-liveness's resize: longer side to out_size (Lanczos when enlarging, area otherwise), the
+    shorter side truncated, the remainder reflect-101 padded (a square input can come out one pixel
+    short from float rounding, and gets that pixel padded, as in the original)."""
+    height, width = image.shape[:2]
+    ratio = out_size / max(height, width)
+    new_height, new_width = int(height * ratio), int(width * ratio)
+    flag = interpolation_flag(interpolation, cv2.INTER_LANCZOS4 if ratio > 1.0 else cv2.INTER_AREA)
+    resized = cv2.resize(image, (new_width, new_height), interpolation=flag)
+    pad_h, pad_w = out_size - new_height, out_size - new_width
+    return cv2.copyMakeBorder(
+        resized, pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2, cv2.BORDER_REFLECT_101
+    )
 
 
-def crop_face(image: np.ndarray, box: Box, convention: InputConvention) -> np.ndarray:
-    """Crop a face from an HxWx3 uint8 image with the convention's rule and size."""
+def reflect_crop(
+    image: np.ndarray, box: Box, scale: float, out_size: int, interpolation: str | None = None
+) -> np.ndarray:
+    """suri-liveness's whole preprocessing up to pixels: `reflect_square` then `letterbox`."""
+    return letterbox(reflect_square(image, box, scale), out_size, interpolation)
+
+
+def whole_image(image: np.ndarray, out_size: int, interpolation: str | None = None) -> np.ndarray:
+    """Silent-Face's `org` models: no crop, the whole image resized (bilinear, aspect not kept)."""
+    return cv2.resize(image, (out_size, out_size), interpolation=interpolation_flag(interpolation, cv2.INTER_LINEAR))
+
+
+def crop_face(image: np.ndarray, box: Box, convention: InputConvention, interpolation: str | None = None) -> np.ndarray:
+    """Crop a face from an HxWx3 uint8 image with the convention's rule and size.
+
+    `interpolation` overrides the rule's own resampling (see INTERPOLATIONS); None keeps it.
+    """
     if convention.crop_mode == "shift":
-        return shift_crop(image, box, convention.crop_scale, convention.input_size)
-    return reflect_crop(image, box, convention.crop_scale, convention.input_size)
+        return shift_crop(image, box, convention.crop_scale, convention.input_size, interpolation)
+    if convention.crop_mode == "reflect":
+        return reflect_crop(image, box, convention.crop_scale, convention.input_size, interpolation)
+    return whole_image(image, convention.input_size, interpolation)
 
 
 def is_valid_box(box: Box, width: int, height: int) -> bool:
@@ -100,3 +151,18 @@ def is_valid_box(box: Box, width: int, height: int) -> bool:
     x, y, w, h = box
     finite = all(math.isfinite(v) for v in box)
     return finite and w >= 1 and h >= 1 and x < width and y < height and x + w > 0 and y + h > 0
+
+
+def normalize(crop_bgr: np.ndarray, convention: InputConvention) -> np.ndarray:
+    """HxWx3 uint8 BGR crop -> 3xHxW float32 in the convention's colour order, scale, mean and std."""
+    pixels = crop_bgr[..., ::-1] if convention.color_order == "rgb" else crop_bgr
+    values = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+    divisor = 1.0 / convention.pixel_scale
+    if abs(divisor - round(divisor)) < 1e-9 * divisor:
+        values /= np.float32(round(divisor))
+    else:
+        values *= np.float32(convention.pixel_scale)
+    if any(convention.mean) or any(s != 1.0 for s in convention.std):
+        values -= np.array(convention.mean, np.float32)[:, None, None]
+        values /= np.array(convention.std, np.float32)[:, None, None]
+    return values

@@ -3,33 +3,50 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fas.convention import ClassScheme, InputConvention
-from fas.data.celeba_spoof import BadSample, DatasetError, Sample, read_image, read_split
-from fas.data.crop import bb224_to_pixels, crop_face, is_valid_box
+from fas.data.cache import CropSpec, images_path, open_cache, read_cached_split, skipped_path
+from fas.data.celeba_spoof import DEFAULT_PROTOCOL, BadSample, DatasetError, Sample, crop_sample, read_split
+from fas.data.crop import normalize
 from fas.data.synthetic import SyntheticConfig, generate
+from fas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 Transform = Callable[..., dict[str, Any]]
 
 
-def to_tensor(crop_rgb: np.ndarray, convention: InputConvention) -> torch.Tensor:
-    """HxWx3 uint8 RGB -> 3xHxW float in the convention's colour order and normalisation."""
-    pixels = crop_rgb if convention.color_order == "rgb" else crop_rgb[..., ::-1]
-    scaled = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float() * convention.pixel_scale
-    mean = torch.tensor(convention.mean).view(3, 1, 1)
-    std = torch.tensor(convention.std).view(3, 1, 1)
-    return (scaled - mean) / std
+def face_item(
+    crop_rgb: np.ndarray,
+    labels: Sequence[int],
+    convention: InputConvention,
+    transform: Transform | None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Augment a crop and build the item dict; `labels` = (target, spoof type, illumination, environment).
+
+    With a `seed` the augmentation is a pure function of (sample, seed), whatever process runs it.
+    """
+    if transform is not None:
+        if seed is not None:
+            transform.set_random_seed(seed)
+        crop_rgb = transform(image=crop_rgb)["image"]
+    target, spoof_type, illumination, environment = (int(v) for v in labels)
+    return {
+        "image": torch.from_numpy(normalize(crop_rgb[..., ::-1], convention)),
+        "target": target,
+        "spoof_type": spoof_type,
+        "illumination": illumination,
+        "environment": environment,
+    }
 
 
 class FaceCropDataset(Dataset):
@@ -39,35 +56,104 @@ class FaceCropDataset(Dataset):
     `spoof_type`, `illumination`, `environment` codes for per-condition breakdowns.
     """
 
-    def __init__(self, samples: Sequence[Sample], convention: InputConvention, transform: Transform | None = None):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        convention: InputConvention,
+        transform: Transform | None = None,
+        interpolation: str | None = None,
+    ):
         self.samples = list(samples)
         self.convention = convention
         self.transform = transform
+        self.interpolation = interpolation
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def load_crop(self, sample: Sample) -> np.ndarray:
+    def load_crop(self, index: int) -> np.ndarray:
         """The face crop as HxWx3 uint8 RGB, before augmentation."""
-        image = read_image(sample.image_path)
-        height, width = image.shape[:2]
-        box = bb224_to_pixels(sample.box_224, width, height)
-        if not is_valid_box(box, width, height):
-            raise DatasetError(f"{sample.image_path}: face box {box} does not overlap the {width}x{height} image")
-        return cv2.cvtColor(crop_face(image, box, self.convention), cv2.COLOR_BGR2RGB)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
-        crop = self.load_crop(sample)
-        if self.transform is not None:
-            crop = self.transform(image=crop)["image"]
-        return {
-            "image": to_tensor(crop, self.convention),
-            "target": sample.target,
-            "spoof_type": sample.spoof_type,
-            "illumination": sample.illumination,
-            "environment": sample.environment,
-        }
+        return crop_sample(sample.image_path, sample.box_224, self.convention, self.interpolation)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        sample = self.samples[index]
+        labels = (sample.target, sample.spoof_type, sample.illumination, sample.environment)
+        return face_item(self.load_crop(index), labels, self.convention, self.transform, seed)
+
+
+class PackedCropDataset(Dataset):
+    """Ready-made crops from a packed cache (fas/data/cache.py); items as FaceCropDataset's.
+
+    Per-sample data lives in numpy arrays, not Python objects, so forked loader workers share it
+    instead of copying it page by page; each worker maps the image array on first use.
+    """
+
+    def __init__(
+        self,
+        images: Path,
+        samples: Sequence[Sample],
+        convention: InputConvention,
+        transform: Transform | None = None,
+    ):
+        self.images_path = Path(images)
+        self.rows = np.array([s.cache_row for s in samples], np.int64)
+        self.labels = np.array([(s.target, s.spoof_type, s.illumination, s.environment) for s in samples], np.int64)
+        self.convention = convention
+        self.transform = transform
+        self._images: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_images": None}  # workers map the file themselves; never pickle the pixels
+
+    def load_crop(self, index: int) -> np.ndarray:
+        if self._images is None:
+            self._images = np.load(self.images_path, mmap_mode="r")
+        return np.array(self._images[self.rows[index]])
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        return face_item(self.load_crop(index), self.labels[index], self.convention, self.transform, seed)
+
+
+class EpochSeededSampler(Sampler[tuple[int, int]]):
+    """Training order and augmentation seeds as a pure function of (seed, epoch): `(index, sample_seed)` pairs.
+
+    Lightning calls `set_epoch` every epoch, so a run resumed from a checkpoint replays exactly the
+    order and augmentations an uninterrupted run would have seen, with any number of loader workers.
+    Under torch.distributed each rank takes every world-size-th pair of the same permutation (padded
+    to equal length), which is why `trainer=ddp` sets `use_distributed_sampler: false`.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _world(self) -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def __len__(self) -> int:
+        return -(-self.size // self._world()[1])
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator)
+        seeds = torch.randint(0, 2**31 - 1, (self.size,), generator=generator)
+        rank, world = self._world()
+        padded = torch.cat([order, order[: len(self) * world - self.size]])
+        for position in range(rank, len(padded), world):
+            index = int(padded[position])
+            yield index, int(seeds[index])
 
 
 def split_by_subject(samples: Sequence[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -88,16 +174,19 @@ def split_by_subject(samples: Sequence[Sample], val_fraction: float, seed: int) 
 class FaceDataModule(L.LightningDataModule):
     """CelebA-Spoof-layout data: official train/test split, validation held out by subject.
 
-    With `synthetic` set, `prepare_data` first generates the embedded dataset under `root`.
+    Crops come from the original images under `root`, or, with `cache` set, from a packed cache made
+    by `python -m fas.data.prepare` (whose crop settings must match these). With `synthetic` set,
+    `prepare_data` first generates the embedded dataset under `root`.
     """
 
     def __init__(
         self,
-        root: str,
+        root: str | None,
         class_scheme: ClassScheme,
         input_size: int = 80,
         crop_scale: float = 2.7,
         crop_mode: str = "shift",
+        crop_interpolation: str | None = None,
         color_order: str = "rgb",
         pixel_scale: float = 1.0 / 255.0,
         mean: Sequence[float] = (0.0, 0.0, 0.0),
@@ -105,15 +194,24 @@ class FaceDataModule(L.LightningDataModule):
         batch_size: int = 64,
         eval_batch_size: int = 256,
         num_workers: int = 0,
+        protocol: str = DEFAULT_PROTOCOL,
         val_fraction: float = 0.15,
         split_seed: int = 0,
+        seed: int = 0,
         skip_bad_samples: bool = False,
         bad_samples_dir: str | None = None,
         train_transform: Transform | None = None,
         synthetic: dict[str, Any] | None = None,
+        cache: str | None = None,
     ) -> None:
         super().__init__()
-        self.root = Path(root)
+        if root is None and cache is None:
+            raise ConfigError(
+                "Neither data.root nor data.cache is set: pass data.cache=<folder made by python -m fas.data.prepare>, "
+                "or data=celeba_spoof data.root=/path/to/CelebA_Spoof"
+            )
+        self.root = Path(root) if root is not None else None
+        self.cache = Path(cache) if cache is not None else None
         self.class_scheme = class_scheme
         self.convention = InputConvention(
             input_size=input_size,
@@ -124,19 +222,24 @@ class FaceDataModule(L.LightningDataModule):
             crop_scale=crop_scale,
             crop_mode=crop_mode,
         )
+        self.crop = CropSpec(input_size, crop_scale, crop_mode, crop_interpolation)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
+        self.protocol = protocol
         self.val_fraction = val_fraction
         self.split_seed = split_seed
+        self.seed = seed
         self.skip_bad_samples = skip_bad_samples
         self.bad_samples_dir = Path(bad_samples_dir) if bad_samples_dir else None
         self.train_transform = train_transform
         self.synthetic = SyntheticConfig(**synthetic) if synthetic is not None else None
-        self.splits: dict[str, FaceCropDataset] = {}
+        self.splits: dict[str, Dataset] = {}
 
     def prepare_data(self) -> None:
-        if self.synthetic is not None:
+        if self.cache is not None:
+            open_cache(self.cache, self.crop, self.protocol)
+        elif self.synthetic is not None:
             generate(self.root, self.synthetic)
         elif not self.root.is_dir():
             raise DatasetError(f"{self.root}: data.root does not exist; point it at your CelebA-Spoof copy")
@@ -144,23 +247,43 @@ class FaceDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
+        if self.cache is not None:
+            manifest = open_cache(self.cache, self.crop, self.protocol)
+            log.info("Reading crops from the cache %s (prepared from %s)", self.cache, manifest["source"])
         train_samples = self._read("train")
         test_samples = self._read("test")
         train, val = split_by_subject(train_samples, self.val_fraction, self.split_seed)
         self.splits = {
-            "train": FaceCropDataset(train, self.convention, self.train_transform),
-            "val": FaceCropDataset(val, self.convention),
-            "test": FaceCropDataset(test_samples, self.convention),
+            "train": self._dataset("train", train, self.train_transform),
+            "val": self._dataset("train", val),
+            "test": self._dataset("test", test_samples),
         }
         log.info("Samples: %s", {name: len(ds) for name, ds in self.splits.items()})
 
+    def _dataset(self, source_split: str, samples: list[Sample], transform: Transform | None = None) -> Dataset:
+        if self.cache is not None:
+            return PackedCropDataset(images_path(self.cache, source_split), samples, self.convention, transform)
+        return FaceCropDataset(samples, self.convention, transform, self.crop.interpolation)
+
     def _read(self, split: str) -> list[Sample]:
-        samples, bad = read_split(self.root, split, self.class_scheme)
-        if bad:
-            self._handle_bad(split, bad)
+        if self.cache is not None:
+            samples = read_cached_split(self.cache, split, self.class_scheme)
+            skipped = open_cache(self.cache, self.crop, self.protocol)["counts"][split]["skipped"]
+            if skipped:
+                log.warning(
+                    "%d %s sample(s) could not be cropped when the cache was prepared; see %s",
+                    skipped,
+                    split,
+                    skipped_path(self.cache),
+                )
+        else:
+            samples, bad = read_split(self.root, split, self.class_scheme, self.protocol)
+            if bad:
+                self._handle_bad(split, bad)
         if not samples:
+            source = self.cache or self.root
             raise DatasetError(
-                f"{self.root}: the {split} split has no usable samples for class scheme '{self.class_scheme.name}'"
+                f"{source}: the {split} split has no usable samples for class scheme '{self.class_scheme.name}'"
             )
         targets = {s.target for s in samples}
         if len(targets) < 2:
@@ -183,21 +306,23 @@ class FaceDataModule(L.LightningDataModule):
             )
         log.warning("Skipping %d unusable sample(s) in the %s split%s, e.g. %s", len(bad), split, where, first)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, sampler: Sampler | None = None) -> DataLoader:
+        training = split == "train"
         return DataLoader(
             self.splits[split],
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            batch_size=self.batch_size if training else self.eval_batch_size,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            drop_last=shuffle and len(self.splits[split]) > self.batch_size,
+            drop_last=training and len(self.splits[split]) > self.batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train", EpochSeededSampler(len(self.splits["train"]), self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        """The whole validation split, on every rank: exact metrics, no padding duplicates."""
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")

@@ -32,7 +32,7 @@ from fas.data.crop import BB_FRAME
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER = "synthetic.json"
 
 # Share of each spoof type among the spoof images (CelebA-Spoof types; 4 and 10 are masks).
@@ -300,7 +300,7 @@ def render(seed: int, subject: int, index: int, spoof_type: int) -> tuple[np.nda
     rng = np.random.default_rng([seed, subject, index])
     who = identity_of(seed, subject)
     height, width = int(rng.integers(28, 40)) * 8, int(rng.integers(26, 36)) * 8
-    strength = float(rng.uniform(0.15, 1.0))
+    strength = float(rng.uniform(0.3, 1.0))
     illumination = int(rng.integers(1, 5))
     outdoor = bool(rng.integers(0, 2))
     if spoof_type == 0:

@@ -1,1 +1,1 @@
-"""Inference: one interface over PyTorch checkpoints and ONNX files (and, later, face detection)."""
+"""Inference: one interface over checkpoints, published weights and ONNX files; face detection; prediction."""

@@ -1,8 +1,9 @@
 """Backends turn a preprocessed NCHW float32 batch into logits, whatever the model's format.
 
 Evaluation, export parity checks and prediction all go through `load_backend(path)`, so a Lightning
-checkpoint and its ONNX export are scored by one code path. Each backend carries the `ModelInfo`
-(input convention, class scheme) that says how to preprocess for it and how to read its output.
+checkpoint, a published Silent-Face / suri-liveness `.pth` and their ONNX exports are scored by one
+code path. Each backend carries the `ModelInfo` (input convention, class scheme) that says how to
+preprocess for it and how to read its output.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 
 from fas.convention import ModelInfo
 from fas.export.onnx import INPUT_NAME, read_metadata
-from fas.models.checkpoint import CheckpointMismatchError
+from fas.models.checkpoint import CheckpointMismatchError, read_checkpoint
+from fas.models.pretrained import import_published
 
 
 class Backend(Protocol):
@@ -45,6 +47,15 @@ class TorchBackend:
         info = ModelInfo(module.convention, module.class_scheme, module.hparams.backbone, settings)
         return cls(module.backbone.to(memory_format=torch.contiguous_format), info, device)
 
+    @classmethod
+    def from_weights_file(cls, path: str | Path, device: str = "cpu") -> TorchBackend:
+        """A published Silent-Face or suri-liveness file (or a Lightning checkpoint under another suffix)."""
+        checkpoint = read_checkpoint(path)
+        if is_lightning_checkpoint(checkpoint):
+            return cls.from_lightning_checkpoint(path, device)
+        model, info = import_published(path, checkpoint)
+        return cls(model, info, device)
+
     @torch.no_grad()
     def logits(self, batch: np.ndarray) -> np.ndarray:
         return self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
@@ -63,8 +74,16 @@ class OnnxBackend:
         return self.session.run(None, {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
 
+def is_lightning_checkpoint(checkpoint: dict) -> bool:
+    return "state_dict" in checkpoint and "hyper_parameters" in checkpoint
+
+
 def load_backend(path: str | Path, device: str = "cpu", threads: int | None = None) -> Backend:
-    """A backend for a `.ckpt` (Lightning) or `.onnx` file."""
+    """A backend for an `.onnx` export, a `.ckpt` (Lightning) or published weights (`.pth`, `.pt`).
+
+    The kind of a weights file is told from its content: a Lightning checkpoint, suri-liveness's dict
+    with `model_state_dict`, or Silent-Face's bare state_dict (whose name carries its crop).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointMismatchError(f"{path}: model file not found; check the path")
@@ -72,4 +91,4 @@ def load_backend(path: str | Path, device: str = "cpu", threads: int | None = No
         return OnnxBackend(path, threads)
     if path.suffix == ".ckpt":
         return TorchBackend.from_lightning_checkpoint(path, device)
-    raise CheckpointMismatchError(f"{path}: unsupported model file; expected a Lightning .ckpt or an .onnx export")
+    return TorchBackend.from_weights_file(path, device)

@@ -8,6 +8,8 @@ actually holds and the config that fits it.
 
 from __future__ import annotations
 
+import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,11 @@ from torch import Tensor, nn
 
 from fas.errors import FasError
 
+log = logging.getLogger(__name__)
+
 PREFIXES = ("module.", "model.", "backbone.")
 FT_HEAD_PREFIXES = ("FTGenerator.", "ft_head.")
+CLASSIFIER_PREFIXES = ("prob.", "classifier.")  # the final Linear of MiniFASNet / MobileNetV4
 
 
 class CheckpointMismatchError(FasError, ValueError):
@@ -25,12 +30,24 @@ class CheckpointMismatchError(FasError, ValueError):
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file onto the CPU, with a clear error if it is missing or not a checkpoint."""
+    """Load a checkpoint file onto the CPU, with a clear error if it is missing or not a checkpoint.
+
+    Only our Lightning checkpoints (`.ckpt`) are unpickled in full; any other file (published `.pth`
+    weights from the internet) is read with `weights_only=True`, which cannot run code hidden in it.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointMismatchError(f"{path}: checkpoint not found; check the path")
+    trusted = path.suffix == ".ckpt"
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as error:
+        if trusted:
+            raise CheckpointMismatchError(f"{path}: not a PyTorch checkpoint ({error})") from None
+        raise CheckpointMismatchError(
+            f"{path}: holds Python objects besides weights, which fas does not unpickle from files other than "
+            "its own .ckpt; if this is a fas Lightning checkpoint, give it the .ckpt suffix"
+        ) from None
     except Exception as error:
         raise CheckpointMismatchError(f"{path}: not a PyTorch checkpoint ({type(error).__name__}: {error})") from None
 
@@ -77,9 +94,35 @@ def check_fits(backbone: nn.Module, state: dict[str, Tensor], expected_name: str
         raise CheckpointMismatchError(mismatch_message(path, state, expected_name, missing, unexpected, wrong_shape))
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path, expected_name: str) -> None:
-    """Load any supported checkpoint into `backbone` after checking it fits."""
+def load_backbone_weights(
+    backbone: nn.Module, path: str | Path, expected_name: str, reinit_classifier: bool = False
+) -> None:
+    """Load any supported checkpoint into `backbone` after checking it fits.
+
+    With `reinit_classifier`, the final classifier keeps its fresh initialisation (fine-tuning to
+    another class count); without it, a classifier of another shape is refused with that hint.
+    """
     state = backbone_state_dict(read_checkpoint(path))
+    own = backbone.state_dict()
+    classifier = [k for k in own if k.startswith(CLASSIFIER_PREFIXES)]
+    if reinit_classifier:
+        shapes = {k: tuple(state[k].shape) for k in classifier if k in state}
+        state.update({k: own[k] for k in classifier})
+        log.info(
+            "pretrained %s: classifier re-initialised (file: %s; model: %s)",
+            path,
+            shapes,
+            {k: tuple(own[k].shape) for k in classifier},
+        )
+    else:
+        reshaped = [k for k in classifier if k in state and state[k].shape != own[k].shape]
+        others = [k for k in own if k not in reshaped and (k not in state or state[k].shape != own[k].shape)]
+        if reshaped and not others:
+            raise CheckpointMismatchError(
+                f"{path} has a classifier for {state[reshaped[0]].shape[0]} classes, the model has "
+                f"{own[reshaped[0]].shape[0]}; add pretrained_reinit_classifier=true to fine-tune it with a new "
+                "classifier, or choose a class_scheme with as many classes"
+            )
     check_fits(backbone, state, expected_name, path)
     backbone.load_state_dict(state)
 

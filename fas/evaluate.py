@@ -1,0 +1,187 @@
+"""`evaluate(cfg)`: model files -> scores on the validation and test splits -> PAD metrics -> report.
+
+Every model is loaded through `fas.inference.backends.load_backend`, so a Lightning checkpoint, its ONNX
+export (FP32 or INT8) and imported published weights are scored by one code path. The evaluation data is
+built with each model's own recorded input convention (crop rule, size, colour order, scale); the
+decision threshold is chosen on the validation split and applied unchanged to the evaluated split.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from fas.convention import InputConvention, ModelInfo
+from fas.data.datamodule import FaceDataModule
+from fas.errors import ConfigError, FasError
+from fas.inference.backends import Backend, load_backend
+from fas.metrics import Scores, choose_threshold, pad_metrics, spoof_scores
+from fas.report import (
+    LABELS,
+    ModelEvaluation,
+    ReportFiles,
+    format_metric,
+    log_scalars,
+    log_to_wandb,
+    unique_names,
+    write_report,
+)
+from fas.train import check_config, instantiate_group
+
+log = logging.getLogger(__name__)
+
+CONSOLE_KEYS = ("auroc", "eer", "apcer", "bpcer", "acer", "hter", "bpcer_at_apcer_5pct", "tpr_at_fpr_1e-3")
+CONVENTION_FIELDS = ("input_size", "crop_scale", "crop_mode", "color_order", "pixel_scale", "mean", "std")
+
+
+class ModelInputError(FasError, RuntimeError):
+    """A model rejected input built from its own recorded convention."""
+
+
+def model_paths(ckpt_path: Any) -> list[str]:
+    """`ckpt_path=a.ckpt` or `ckpt_path=[a.ckpt,b.onnx]` -> list of paths."""
+    if ckpt_path is None:
+        raise ConfigError("ckpt_path is not set: pass ckpt_path=<model.ckpt|model.onnx> or ckpt_path=[a.ckpt,b.onnx]")
+    paths = list(ckpt_path) if isinstance(ckpt_path, ListConfig | list | tuple) else [ckpt_path]
+    if not paths:
+        raise ConfigError("ckpt_path is an empty list: give at least one model file")
+    return [str(p) for p in paths]
+
+
+def evaluate(cfg: DictConfig) -> ReportFiles:
+    """Score every model of `cfg.ckpt_path` and write one report comparing them."""
+    paths = model_paths(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
+    check_config(cfg)
+    if cfg.split not in ("test", "val"):
+        raise ConfigError(f"split={cfg.split!r} cannot be evaluated; use split=test or split=val")
+    backends = [load_backend(path, device=cfg.device, threads=cfg.get("threads")) for path in paths]
+    for backend, path in zip(backends, paths, strict=True):
+        check_model_io(backend, path)
+    evaluations = [
+        evaluate_model(backend, name, path, cfg)
+        for backend, name, path in zip(backends, unique_names(paths), paths, strict=True)
+    ]
+    output_dir = Path(cfg.paths.output_dir)
+    files = write_report(
+        output_dir / "report",
+        evaluations,
+        split=cfg.split,
+        data_root=str(cfg.data.root),
+        threshold_rule=cfg.threshold.rule,
+    )
+    loggers = instantiate_group(cfg.get("logger"))
+    log_scalars(loggers, evaluations, split=cfg.split)
+    log_to_wandb(loggers, evaluations, files, prefix=cfg.split)
+    close_loggers(loggers)
+    for e in evaluations:
+        shown = " | ".join(f"{LABELS[k]} {format_metric(k, e.result.metrics[k])}" for k in CONSOLE_KEYS)
+        log.info("%s: %s", e.name, shown)
+    log.info("Report: %s (and report.md, report.html beside it)", files.metrics)
+    return files
+
+
+def close_loggers(loggers: list[Logger]) -> None:
+    """Flush the loggers; wandb runs are finished so a later evaluation in this process starts its own run."""
+    for logger in loggers:
+        logger.finalize("success")
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
+
+
+def evaluate_model(backend: Backend, name: str, path: str, cfg: DictConfig) -> ModelEvaluation:
+    """Score one model on the validation split (for the threshold) and on `cfg.split`."""
+    datamodule = datamodule_for(cfg, backend.info, path)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    rule = cfg.threshold.rule
+    if rule == "fixed":
+        threshold = choose_threshold("fixed", value=cfg.threshold.value)
+    else:
+        val_scores = score_loader(backend, datamodule.val_dataloader(), f"{name} val")
+        threshold = choose_threshold(rule, val_scores, target_apcer=cfg.threshold.target_apcer, split="val")
+    scores = score_loader(backend, split_loader(datamodule, cfg.split), f"{name} {cfg.split}")
+    attack_types = [t for t in datamodule.class_scheme.spoof_type_classes if t != 0]
+    result = pad_metrics(scores, threshold.value, attack_types)
+    return ModelEvaluation(name, str(path), backend.info, threshold, scores, result)
+
+
+def check_model_io(backend: Backend, path: str) -> None:
+    """Before a long run: the model must take the input size and give the class count its metadata records."""
+    size = backend.info.convention.input_size
+    classes = backend.info.class_scheme.num_classes
+    try:
+        logits = backend.logits(np.zeros((1, 3, size, size), np.float32))
+    except Exception as error:  # ONNX Runtime and PyTorch raise unrelated types for a wrong input shape
+        first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
+        raise ModelInputError(
+            f"{path} rejects the {size}x{size} input its recorded convention asks for ({first_line}); "
+            "the file and its metadata disagree: re-export it"
+        ) from error
+    if logits.shape != (1, classes):
+        raise ModelInputError(
+            f"{path} outputs {logits.shape[1:]} logits but its class scheme "
+            f"'{backend.info.class_scheme.name}' has {classes} classes; re-export it"
+        )
+
+
+def split_loader(datamodule: FaceDataModule, split: str) -> DataLoader:
+    return datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
+
+
+def datamodule_for(cfg: DictConfig, info: ModelInfo, path: str) -> FaceDataModule:
+    """The data config with the model's input convention and class scheme filled in.
+
+    Convention values left null take the model's; `input_size` set to another size is refused, any other
+    differing value is used as given, with a warning (e.g. to study another crop scale).
+    """
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    model_convention = info.convention.to_dict()
+    for key in CONVENTION_FIELDS:
+        wanted, recorded = data.get(key), model_convention[key]
+        if wanted is None:
+            data[key] = recorded
+        elif key == "input_size" and int(wanted) != recorded:
+            raise ConfigError(
+                f"{path} takes {recorded}x{recorded} input (its recorded convention) but data.input_size={wanted}; "
+                f"drop the data.input_size override to use the model's size"
+            )
+        elif not _same(wanted, recorded):
+            log.warning("%s records %s=%s; evaluating with data.%s=%s as requested", path, key, recorded, key, wanted)
+    InputConvention(**{key: data[key] for key in CONVENTION_FIELDS})  # fail early on invalid values
+    chosen_scheme = cfg.get("class_scheme")
+    if chosen_scheme is not None:
+        data["class_scheme"] = OmegaConf.to_container(chosen_scheme, resolve=True)
+    else:
+        data["class_scheme"] = {"_target_": "fas.convention.ClassScheme", **info.class_scheme.to_dict()}
+    return hydra.utils.instantiate(OmegaConf.create(data))
+
+
+def _same(wanted: Any, recorded: Any) -> bool:
+    if isinstance(recorded, tuple | list):
+        return len(wanted) == len(recorded) and all(_same(w, r) for w, r in zip(wanted, recorded, strict=True))
+    if isinstance(recorded, float):
+        return math.isclose(float(wanted), recorded, rel_tol=1e-9)
+    return wanted == recorded
+
+
+def score_loader(backend: Backend, loader: DataLoader, description: str) -> Scores:
+    """Spoof scores of every batch of `loader`, with a progress bar on terminals."""
+    real = backend.info.class_scheme.real_class_index
+    parts: dict[str, list[np.ndarray]] = {"score": [], "spoof_type": [], "illumination": [], "environment": []}
+    for batch in tqdm(loader, desc=description, unit="batch", disable=None, leave=False):
+        logits = backend.logits(batch["image"].numpy())
+        parts["score"].append(spoof_scores(logits, real).numpy())
+        for key in ("spoof_type", "illumination", "environment"):
+            parts[key].append(np.asarray(batch[key]))
+    if not parts["score"]:
+        return Scores(np.empty(0), np.empty(0, np.int64))
+    return Scores(**{key: np.concatenate(values) for key, values in parts.items()})

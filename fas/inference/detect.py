@@ -1,0 +1,84 @@
+"""Face detection for prediction. Any object with `detect(image_bgr) -> list[Face]` plugs in
+(`configs/detector/*.yaml` instantiate one); fas ships YuNet through OpenCV's `cv2.FaceDetectorYN`.
+
+Silent-Face's own detector is a Caffe RetinaFace, which OpenCV 5 can no longer read; YuNet is what
+suri-liveness uses, and on the reference images it leads Silent-Face's models to the same labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import cv2
+import numpy as np
+
+from fas.download import resolve_model_file
+from fas.errors import FasError
+
+
+class DetectorError(FasError, RuntimeError):
+    """The face detector cannot be built (missing or unreadable model file)."""
+
+
+@dataclass(frozen=True)
+class Face:
+    """A detected face: box (x, y, w, h) in integer pixels of the image, and the detector's score."""
+
+    box: tuple[int, int, int, int]
+    score: float
+
+
+class FaceDetector(Protocol):
+    def detect(self, image_bgr: np.ndarray) -> list[Face]:
+        """Faces in an HxWx3 uint8 BGR image, best first."""
+        ...
+
+
+class YuNetDetector:
+    """YuNet via `cv2.FaceDetectorYN`, the settings of suri-liveness's demo by default.
+
+    Boxes are truncated to integers as Silent-Face and suri-liveness both do before cropping.
+    `color_order` is what YuNet is fed: `bgr` (OpenCV's demo) or `rgb` (suri-liveness's demo, whose
+    boxes it then reproduces exactly). Faces narrower or shorter than `min_face_size` are dropped.
+    `max_side` detects on a copy shrunk to that longer side (boxes mapped back to the full image): at
+    640x480, detection is most of a frame's time and 320 roughly quarters it, at the cost of the smallest faces.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        score_threshold: float = 0.8,
+        nms_threshold: float = 0.3,
+        top_k: int = 5000,
+        min_face_size: int = 0,
+        color_order: Literal["bgr", "rgb"] = "bgr",
+        max_side: int | None = None,
+    ) -> None:
+        if color_order not in ("bgr", "rgb"):
+            raise DetectorError(f"detector color_order must be 'bgr' or 'rgb', got {color_order!r}")
+        path = resolve_model_file(model_path)
+        try:
+            self.detector = cv2.FaceDetectorYN.create(str(path), "", (320, 320), score_threshold, nms_threshold, top_k)
+        except cv2.error as error:
+            first_line = str(error).strip().splitlines()[-1]
+            raise DetectorError(f"{path}: OpenCV cannot load it as a YuNet model ({first_line})") from None
+        self.min_face_size = min_face_size
+        self.color_order = color_order
+        self.max_side = max_side
+
+    def detect(self, image_bgr: np.ndarray) -> list[Face]:
+        image = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB) if self.color_order == "rgb" else image_bgr
+        scale = 1.0
+        if self.max_side and max(image.shape[:2]) > self.max_side:
+            scale = self.max_side / max(image.shape[:2])
+            image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        height, width = image.shape[:2]
+        self.detector.setInputSize((width, height))
+        _, rows = self.detector.detect(image)
+        if rows is None:
+            return []
+        faces = [Face(tuple(int(v / scale) for v in row[:4]), float(row[14])) for row in rows]
+        faces = [f for f in faces if min(f.box[2], f.box[3]) >= max(self.min_face_size, 1)]
+        return sorted(faces, key=lambda face: -face.score)

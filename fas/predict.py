@@ -1,0 +1,215 @@
+"""Face liveness on images, folders, video files and cameras (configs/predict.yaml):
+
+    python -m fas.predict input=photo.jpg                       # Silent-Face 2.7 + 4.0 fused (default)
+    python -m fas.predict input=photos/ liveness=suri_liveness  # a folder, with a progress bar
+    python -m fas.predict input=clip.mp4                        # a video file
+    python -m fas.predict input=0 max_frames=300                # camera 0
+
+Writes to the run directory (or output_dir=...): `predictions.jsonl`, one line per face (file, frame,
+box, per-model scores, fused spoof score, label) or per image without a face or that cannot be read,
+and annotated copies (green real, red spoof, with the spoof score) under `annotated/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TextIO
+
+import cv2
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from fas.cli import exit_on_user_error
+from fas.errors import ConfigError, FasError
+from fas.inference.media import VIDEO_SUFFIXES, Frame, MediaError, image_files, open_video, read_image, video_frames
+from fas.inference.predictor import FacePrediction, LivenessPredictor
+
+log = logging.getLogger(__name__)
+
+REAL_COLOR, SPOOF_COLOR = (0, 200, 0), (0, 0, 255)  # BGR
+VIDEO_CODEC = "mp4v"
+
+
+def build_predictor(cfg: DictConfig) -> LivenessPredictor:
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)
+        cv2.setNumThreads(cfg.threads)
+    detector = hydra.utils.instantiate(cfg.detector)
+    return LivenessPredictor.from_files(
+        list(cfg.liveness.models), detector, cfg.liveness.threshold, device=cfg.device, threads=cfg.get("threads")
+    )
+
+
+def predict(cfg: DictConfig) -> Path:
+    """Run the prediction the config describes; returns the path of `predictions.jsonl`."""
+    if cfg.input is None or str(cfg.input) == "":
+        raise ConfigError("input is not set: pass input=<image, folder, video file or camera index>")
+    predictor = build_predictor(cfg)
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    jsonl = output_dir / "predictions.jsonl"
+    with jsonl.open("w") as stream:
+        writer = PredictionWriter(stream)
+        run_input(cfg.input, predictor, writer, output_dir, cfg.annotate, cfg.get("max_frames"))
+    summary = ", ".join(f"{what} {n}" for what, n in writer.counts.items())
+    log.info("%s -> %s", summary or "nothing to predict", jsonl)
+    return jsonl
+
+
+def run_input(
+    value: Any,
+    predictor: LivenessPredictor,
+    writer: PredictionWriter,
+    output_dir: Path,
+    annotate: bool,
+    max_frames: int | None,
+) -> None:
+    """Dispatch on what `input` is: a camera index, a folder, a video file or an image file."""
+    annotated_dir = output_dir / "annotated" if annotate else None
+    path = Path(str(value)).expanduser()
+    if not path.exists() and str(value).isdigit():
+        run_video(int(value), predictor, writer, output_dir / f"camera_{value}.mp4" if annotate else None, max_frames)
+    elif path.is_dir():
+        files = image_files(path)
+        if not files:
+            raise MediaError(f"{path}: no image files in this folder")
+        frames = (read_or_report(file, writer) for file in tqdm(files, desc="images", unit="img"))
+        run_images(frames, predictor, writer, annotated_dir, path)
+    elif not path.is_file():
+        raise MediaError(f"{path}: input not found; give an image, a folder, a video file or a camera index")
+    elif path.suffix.lower() in VIDEO_SUFFIXES:
+        annotated = output_dir / f"{path.stem}_annotated.mp4" if annotate else None
+        run_video(path, predictor, writer, annotated, max_frames)
+    else:
+        run_images([read_or_report(path, writer)], predictor, writer, annotated_dir, path.parent)
+
+
+def read_or_report(path: Path, writer: PredictionWriter) -> Frame | None:
+    try:
+        return read_image(path)
+    except MediaError as error:
+        writer.error(str(path), error)
+        return None
+
+
+def run_images(
+    frames: Iterable[Frame | None],
+    predictor: LivenessPredictor,
+    writer: PredictionWriter,
+    annotated_dir: Path | None,
+    root: Path,
+) -> None:
+    for frame in frames:
+        if frame is None:
+            continue
+        predictions = predict_frame(frame, predictor, writer)
+        if predictions is not None and annotated_dir is not None:
+            target = annotated_dir / Path(frame.source).relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(target), annotate_image(frame.image, predictions)):
+                log.warning("%s: could not write the annotated copy %s", frame.source, target)
+
+
+def run_video(
+    source: Path | int,
+    predictor: LivenessPredictor,
+    writer: PredictionWriter,
+    annotated: Path | None,
+    max_frames: int | None,
+) -> None:
+    capture = open_video(source if isinstance(source, int) else str(source))
+    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    total = min(total, max_frames) if total and max_frames else total or max_frames
+    video_writer = None
+    try:
+        for frame in tqdm(video_frames(capture, source, max_frames), total=total, desc="frames", unit="frame"):
+            predictions = predict_frame(frame, predictor, writer) or []
+            if annotated is not None:
+                if video_writer is None:
+                    height, width = frame.image.shape[:2]
+                    fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODEC)
+                    video_writer = cv2.VideoWriter(str(annotated), fourcc, fps, (width, height))
+                video_writer.write(annotate_image(frame.image, predictions))
+    except KeyboardInterrupt:
+        log.info("%s: stopped by the user", source)
+    finally:
+        if video_writer is not None:
+            video_writer.release()
+            log.info("annotated video: %s", annotated)
+
+
+def predict_frame(frame: Frame, predictor: LivenessPredictor, writer: PredictionWriter) -> list[FacePrediction] | None:
+    """Predict on one image and record it; None when it could not be processed (already reported)."""
+    for note in frame.notes:
+        log.info("%s: %s", frame.source, note)
+    try:
+        predictions = predictor.predict(frame.image)
+    except FasError as error:
+        writer.error(frame.source, error, frame.index)
+        return None
+    writer.faces(frame, predictions)
+    return predictions
+
+
+class PredictionWriter:
+    """Appends JSON lines and counts what it wrote (faces real/spoof, images without face, errors)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.counts: Counter[str] = Counter()
+
+    def faces(self, frame: Frame, predictions: list[FacePrediction]) -> None:
+        base = {"file": frame.source, "frame": frame.index}
+        if frame.notes:
+            base["notes"] = frame.notes
+        if not predictions:
+            self._write({**base, "face": None, "label": "no_face"})
+            self.counts["without a face"] += 1
+            if frame.index is None:
+                log.warning("%s: no face found", frame.source)
+        for number, prediction in enumerate(predictions):
+            self._write({**base, "face": number, **prediction.to_dict()})
+            self.counts[prediction.label] += 1
+
+    def error(self, source: str, error: Exception, index: int | None = None) -> None:
+        log.warning("%s", error)
+        self._write({"file": source, "frame": index, "error": str(error)})
+        self.counts["unreadable"] += 1
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self.stream.write(json.dumps(record) + "\n")
+
+
+def annotate_image(image: np.ndarray, predictions: list[FacePrediction]) -> np.ndarray:
+    """A copy with each face boxed (green real, red spoof) and labelled with its spoof score."""
+    out = image.copy()
+    thickness = max(1, round(min(image.shape[:2]) / 300))
+    for prediction in predictions:
+        x, y, w, h = prediction.face.box
+        color = REAL_COLOR if prediction.is_real else SPOOF_COLOR
+        cv2.rectangle(out, (x, y), (x + w, y + h), color, thickness)
+        text = f"{prediction.label} {prediction.spoof_score:.2f}"
+        scale = 0.5 * thickness
+        (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        top = max(y - text_h - baseline - 2, 0)
+        cv2.rectangle(out, (x, top), (x + text_w + 2, top + text_h + baseline + 2), color, cv2.FILLED)
+        cv2.putText(out, text, (x + 1, top + text_h + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness)
+    return out
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error():
+        predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Hydra callback that tabulates a multirun: one row per job, its overrides and its test metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Rows for every job directory under `sweep_dir` (those holding `.hydra/overrides.yaml`).
+
+    The `overrides` column keeps only what differs between jobs; the shared ones are in multirun.yaml.
+    """
+    rows = []
+    jobs = sorted(sweep_dir.glob("*/.hydra/overrides.yaml"), key=lambda p: _job_order(p.parents[1]))
+    all_overrides = [yaml.safe_load(path.read_text()) or [] for path in jobs]
+    shared = set.intersection(*(set(o) for o in all_overrides)) if len(all_overrides) > 1 else set()
+    for overrides_file, overrides in zip(jobs, all_overrides, strict=True):
+        job_dir = overrides_file.parents[1]
+        report = job_dir / "report" / "metrics.json"
+        metrics = json.loads(report.read_text())["metrics"] if report.is_file() else {}
+        rows.append(
+            {
+                "job": job_dir.name,
+                "overrides": " ".join(o for o in overrides if o not in shared),
+                "status": "ok" if report.is_file() else "failed (no report/metrics.json)",
+                **metrics,
+            }
+        )
+    return rows
+
+
+def _job_order(job_dir: Path) -> tuple[int, str]:
+    return (int(job_dir.name), "") if job_dir.name.isdigit() else (1 << 30, job_dir.name)
+
+
+def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> tuple[Path, Path]:
+    """Write `summary.csv` and `summary.md` into the sweep directory."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    csv_path, md_path = sweep_dir / "summary.csv", sweep_dir / "summary.md"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+class SweepSummary(Callback):
+    """At the end of `python train.py -m ...`, write the sweep's summary table next to its jobs."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = collect_jobs(sweep_dir)
+        if not rows:
+            log.warning("No jobs found under %s; no sweep summary written", sweep_dir)
+            return
+        csv_path, md_path = write_summary(sweep_dir, rows)
+        log.info("Sweep summary (%d jobs): %s\n%s", len(rows), csv_path, md_path.read_text())

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from fas.download import DownloadError
+from fas.inference.detect import DetectorError, YuNetDetector
+
+
+@pytest.fixture(scope="module")
+def yunet_path(reference_dir: Path) -> Path:
+    return reference_dir / "yunet/face_detection_yunet_2023mar.onnx"
+
+
+def test_rgb_input_reproduces_the_suri_liveness_boxes(reference_dir: Path, yunet_path: Path) -> None:
+    expected = json.loads((reference_dir / "expected/suri_liveness.json").read_text())
+    detector = YuNetDetector(yunet_path, color_order="rgb")
+    for name, record in expected["images"].items():
+        faces = detector.detect(cv2.imread(str(reference_dir / "images" / name)))
+        assert [list(face.box) for face in faces] == [face["bbox_xywh"] for face in record["faces"]]
+        np.testing.assert_allclose([f.score for f in faces], [f["det_conf"] for f in record["faces"]], atol=1e-6)
+
+
+def test_bgr_input_finds_the_same_faces(reference_dir: Path, yunet_path: Path) -> None:
+    expected = json.loads((reference_dir / "expected/suri_liveness.json").read_text())
+    detector = YuNetDetector(yunet_path)
+    for name, record in expected["images"].items():
+        (face,) = detector.detect(cv2.imread(str(reference_dir / "images" / name)))
+        assert np.abs(np.subtract(face.box, record["faces"][0]["bbox_xywh"])).max() <= 10
+        assert all(isinstance(v, int) for v in face.box)
+
+
+def test_shrunk_detection_maps_boxes_back(reference_dir: Path, yunet_path: Path) -> None:
+    image = cv2.imread(str(reference_dir / "images/image_T1.jpg"))
+    (full,) = YuNetDetector(yunet_path).detect(image)
+    (small,) = YuNetDetector(yunet_path, max_side=320).detect(image)
+    assert np.abs(np.subtract(full.box, small.box)).max() <= 0.05 * full.box[3]
+
+
+def test_several_faces_best_first_and_small_ones_dropped(reference_dir: Path, yunet_path: Path) -> None:
+    live = cv2.imread(str(reference_dir / "images/image_T1.jpg"))
+    small = cv2.resize(cv2.imread(str(reference_dir / "images/image_F1.jpg")), (120, 160))
+    canvas = np.full((640, 720, 3), 128, np.uint8)
+    canvas[:, :480] = live
+    canvas[240:400, 560:680] = small
+    faces = YuNetDetector(yunet_path).detect(canvas)
+    assert len(faces) == 2 and faces[0].score >= faces[1].score
+    assert sorted(face.box[0] < 480 for face in faces) == [False, True]
+    assert [face.box[0] < 480 for face in YuNetDetector(yunet_path, min_face_size=80).detect(canvas)] == [True]
+
+
+def test_no_face(yunet_path: Path) -> None:
+    assert YuNetDetector(yunet_path).detect(np.full((480, 640, 3), 90, np.uint8)) == []
+
+
+def test_missing_or_broken_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="model file not found"):
+        YuNetDetector(tmp_path / "yunet.onnx")
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(DetectorError, match=r"broken.onnx: OpenCV cannot load it as a YuNet model"):
+        YuNetDetector(broken)
+    with pytest.raises(DetectorError, match="color_order"):
+        YuNetDetector(broken, color_order="yuv")

@@ -1,0 +1,231 @@
+"""evaluate.py end to end: a trained checkpoint and its ONNX export give the same report; bad input fails clearly."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import onnx
+import pytest
+import torch
+
+from fas.convention import ClassScheme, InputConvention, ModelInfo
+from fas.data.datamodule import FaceDataModule
+from fas.errors import ConfigError
+from fas.evaluate import ModelInputError, datamodule_for, evaluate
+from fas.export.onnx import export_onnx, read_metadata, write_metadata
+from fas.inference.backends import TorchBackend
+from fas.metrics import METRIC_KEYS
+from fas.module import LivenessModule
+
+from conftest import REPO_ROOT, compose_config
+
+TINY = ["data=celeba_spoof", "data.num_workers=0", "data.eval_batch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def trained(short_fit: Path, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The short run's best checkpoint with re-estimated BatchNorm statistics, and its ONNX export.
+
+    Six epochs on 36 images leave the running statistics so far behind the weights that every eval-mode
+    score sits within ~1e-5 of the others, and float noise between backends reorders near-ties. Statistics
+    re-estimated on the training images spread the scores over (0, 1), so parity is tested on a real ranking.
+    """
+    best = Path(json.loads((short_fit / "report" / "metrics.json").read_text())["models"][0]["path"])
+    folder = tmp_path_factory.mktemp("models")
+    ckpt = recalibrate_batchnorm(best, tiny_data, folder / "recalibrated.ckpt")
+    backend = TorchBackend.from_lightning_checkpoint(ckpt)
+    return {"ckpt": ckpt, "onnx": export_onnx(backend.model, backend.info, folder / "model.onnx")}
+
+
+def recalibrate_batchnorm(ckpt: Path, data_root: Path, out: Path) -> Path:
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    module = LivenessModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False)
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            layer.reset_running_stats()
+            layer.momentum = None  # a plain average over the batches seen
+    datamodule = data_module(data_root, module, batch_size=36)
+    module.train()
+    with torch.no_grad():
+        for batch in datamodule.train_dataloader():
+            module(batch["image"])
+    checkpoint["state_dict"] = module.state_dict()
+    torch.save(checkpoint, out)
+    return out
+
+
+def data_module(root: Path, module: LivenessModule, batch_size: int = 8) -> FaceDataModule:
+    convention = module.convention
+    datamodule = FaceDataModule(
+        str(root), module.class_scheme, input_size=convention.input_size, batch_size=batch_size, eval_batch_size=16
+    )
+    datamodule.setup()
+    return datamodule
+
+
+def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "evaluate.py"), *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_checkpoint_and_onnx_export_give_the_same_report(trained: dict[str, Path], tiny_data: Path, tmp_path: Path):
+    result = run_cli(
+        f"ckpt_path=[{trained['ckpt']},{trained['onnx']}]",
+        *TINY,
+        f"data.root={tiny_data}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report_dir = tmp_path / "run" / "report"
+    assert all((report_dir / name).is_file() for name in ("metrics.json", "report.md", "report.html"))
+    payload = json.loads((report_dir / "metrics.json").read_text())
+    ckpt, onnx = payload["models"]
+    assert (ckpt["name"], onnx["name"]) == (trained["ckpt"].name, "model.onnx")
+    assert ckpt["counts"] == onnx["counts"] and sum(ckpt["counts"].values()) > 10
+    assert ckpt["convention"]["input_size"] == 64  # the model's recorded convention, not the data config's 80
+    assert ckpt["metrics"]["auroc"] == pytest.approx(onnx["metrics"]["auroc"], abs=1e-6)
+    for key in METRIC_KEYS:
+        assert ckpt["metrics"][key] == pytest.approx(onnx["metrics"][key], abs=1e-5), key
+    assert ckpt["apcer_per_type"] == pytest.approx(onnx["apcer_per_type"])
+    table = (report_dir / "report.md").read_text()
+    assert f"| {trained['ckpt'].name} |" in table and "| model.onnx |" in table
+
+
+def test_training_test_step_and_evaluate_agree(trained: dict[str, Path], tiny_data: Path, tmp_path: Path) -> None:
+    """The LightningModule's validation (EER threshold) and test steps report what evaluate.py reports."""
+    module = LivenessModule.load_from_checkpoint(trained["ckpt"], map_location="cpu", weights_only=False)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    datamodule = data_module(tiny_data, module)
+    trainer.validate(module, datamodule=datamodule)
+    trainer.test(module, datamodule=datamodule)
+    _, from_training = module.test_evaluation
+    files = evaluate(compose_evaluate([f"ckpt_path={trained['ckpt']}", *TINY, f"data.root={tiny_data}"], tmp_path))
+    (from_evaluate,) = json.loads(files.metrics.read_text())["models"]
+    assert module.threshold.value == pytest.approx(from_evaluate["threshold_choice"]["value"], rel=1e-6)
+    for key in METRIC_KEYS:
+        assert from_training.metrics[key] == pytest.approx(from_evaluate["metrics"][key], abs=1e-6), key
+    assert from_training.apcer_per_type == pytest.approx(from_evaluate["apcer_per_type"])
+
+
+def test_the_checkpoint_records_its_validation_threshold(short_fit: Path) -> None:
+    (model,) = json.loads((short_fit / "report" / "metrics.json").read_text())["models"]
+    recorded = torch.load(model["path"], map_location="cpu", weights_only=False)["fas_threshold"]
+    assert recorded["rule"] == "eer" and recorded["split"] == "val"
+    assert model["threshold_choice"] == recorded  # the test step applied the best epoch's threshold unchanged
+
+
+def test_missing_model_file_is_one_line(tmp_path: Path, tiny_data: Path) -> None:
+    result = run_cli("ckpt_path=nowhere/model.onnx", *TINY, f"data.root={tiny_data}", cwd=tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2 and lines == ["error: nowhere/model.onnx: model file not found; check the path"]
+    assert "Traceback" not in result.stderr
+
+
+def compose_evaluate(overrides: list[str], run_dir: Path):
+    return compose_config("evaluate", overrides, run_dir)
+
+
+def test_missing_ckpt_path(tmp_path: Path, tiny_data: Path) -> None:
+    with pytest.raises(ConfigError, match=r"ckpt_path is not set: pass ckpt_path="):
+        evaluate(compose_evaluate([*TINY, f"data.root={tiny_data}"], tmp_path))
+
+
+def test_input_size_other_than_the_models_is_refused(trained: dict[str, Path], tiny_data: Path, tmp_path: Path):
+    overrides = [f"ckpt_path={trained['onnx']}", *TINY, f"data.root={tiny_data}", "data.input_size=80"]
+    expected = r"model.onnx takes 64x64 input \(its recorded convention\) but data.input_size=80"
+    with pytest.raises(ConfigError, match=expected):
+        evaluate(compose_evaluate(overrides, tmp_path))
+
+
+def test_onnx_whose_graph_disagrees_with_its_metadata_is_refused(
+    trained: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    proto = onnx.load(str(trained["onnx"]))
+    info = read_metadata(proto)
+    write_metadata(proto, replace(info, convention=replace(info.convention, input_size=80)))
+    onnx.save(proto, str(tmp_path / "relabelled.onnx"))
+    cfg = compose_evaluate([f"ckpt_path={tmp_path / 'relabelled.onnx'}", *TINY, f"data.root={tiny_data}"], tmp_path)
+    with pytest.raises(ModelInputError, match=r"relabelled.onnx rejects the 80x80 input its recorded convention"):
+        evaluate(cfg)
+
+
+@pytest.fixture
+def live_only_data(tiny_data: Path, tmp_path: Path) -> Path:
+    """The tiny dataset with every spoof sample removed from its label files."""
+    root = tmp_path / "live_only"
+    (root / "metas" / "intra_test").mkdir(parents=True)
+    (root / "Data").symlink_to(tiny_data / "Data")
+    for split in ("train", "test"):
+        labels = json.loads((tiny_data / "metas" / "intra_test" / f"{split}_label.json").read_text())
+        live = {key: vector for key, vector in labels.items() if vector[43] == 0}
+        (root / "metas" / "intra_test" / f"{split}_label.json").write_text(json.dumps(live))
+    return root
+
+
+def test_dataset_without_spoofs_reports_undefined_metrics(
+    trained: dict[str, Path], live_only_data: Path, tmp_path: Path
+) -> None:
+    overrides = [f"ckpt_path={trained['ckpt']}", *TINY, f"data.root={live_only_data}", "logger=csv"]
+    cfg = compose_evaluate(overrides, tmp_path)
+    with pytest.warns(UserWarning, match=r"Cannot choose the decision threshold: the val split has no attack"):
+        files = evaluate(cfg)
+    (model,) = json.loads(files.metrics.read_text())["models"]
+    assert model["counts"]["spoof"] == 0 and model["counts"]["live"] > 0
+    assert model["metrics"]["auroc"] is None and model["undefined"]["auroc"] == "no attack (spoof) samples"
+    assert model["threshold_choice"]["value"] is None and "threshold.rule=fixed" in model["threshold_choice"]["reason"]
+    assert "undefined" in files.markdown.read_text()
+
+    fixed = compose_evaluate(
+        [
+            f"ckpt_path={trained['ckpt']}",
+            *TINY,
+            f"data.root={live_only_data}",
+            "threshold.rule=fixed",
+            "threshold.value=0.5",
+            "logger=csv",
+        ],
+        tmp_path / "fixed",
+    )
+    with pytest.warns(UserWarning, match=r"auroc.* undefined \(no attack \(spoof\) samples\)"):
+        files = evaluate(fixed)
+    (model,) = json.loads(files.metrics.read_text())["models"]
+    assert model["metrics"]["threshold"] == 0.5 and model["threshold_choice"]["rule"] == "fixed"
+    assert 0.0 <= model["metrics"]["bpcer"] <= 1.0 and model["metrics"]["apcer"] is None
+    # The scalars also went to the configured logger.
+    (metrics_csv,) = (tmp_path / "fixed").rglob("metrics.csv")
+    row = next(csv.DictReader(metrics_csv.open()))
+    assert float(row["test/bpcer"]) == pytest.approx(model["metrics"]["bpcer"])
+
+
+SILENTFACE3 = ClassScheme("silentface3", ("print", "live", "replay"), 1, {0: 1, 1: 0, 2: 0, 3: 0, 7: 2, 8: 2, 9: 2})
+
+
+def test_data_follows_the_models_recorded_convention(tiny_data: Path, tmp_path: Path, caplog) -> None:
+    convention = InputConvention(input_size=80, color_order="bgr", pixel_scale=1.0, crop_scale=4.0)
+    info = ModelInfo(convention, SILENTFACE3, "minifasnet_v1se")
+    base = ["ckpt_path=unused.onnx", *TINY, f"data.root={tiny_data}"]
+    cfg = compose_evaluate(base, tmp_path)
+    datamodule = datamodule_for(cfg, info, "silentface.pth")
+    assert datamodule.convention == info.convention
+    assert datamodule.class_scheme == SILENTFACE3
+    cfg = compose_evaluate([*base, "data.crop_scale=2.7"], tmp_path)
+    with caplog.at_level(logging.WARNING):
+        datamodule = datamodule_for(cfg, info, "silentface.pth")
+    assert datamodule.convention.crop_scale == 2.7 and datamodule.convention.color_order == "bgr"
+    assert "silentface.pth records crop_scale=4.0; evaluating with data.crop_scale=2.7" in caplog.text
+    cfg = compose_evaluate([*base, "class_scheme=binary_all"], tmp_path)
+    assert datamodule_for(cfg, info, "silentface.pth").class_scheme.name == "binary_all"

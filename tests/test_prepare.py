@@ -1,0 +1,191 @@
+"""`python -m fas.data.prepare`: broken samples listed, crops exact, resumable, idempotent, flat memory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fas.data.cache import CropSpec, chunk_path, images_path, manifest_path, samples_path, skipped_path
+from fas.data.celeba_spoof import DatasetError, crop_sample
+from fas.data.prepare import prepare
+from fas.train import train
+
+from conftest import PREPARED_CROP_SETTINGS, REPO_ROOT, compose_train
+
+CROP = CropSpec(**PREPARED_CROP_SETTINGS)
+
+
+@pytest.fixture
+def prepared(prepared_cache: Path) -> Path:
+    return prepared_cache
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file, delimiter="\t"))
+
+
+def test_every_broken_sample_is_listed_with_its_reason(
+    prepared: Path, broken_data: tuple[Path, dict[str, str]]
+) -> None:
+    root, broken = broken_data
+    listed = {row["key"]: row for row in read_tsv(skipped_path(prepared))}
+    assert set(listed) == set(broken)
+    for key, reason in broken.items():
+        assert reason in listed[key]["reason"], (key, listed[key])
+        assert listed[key]["split"] == key.split("/")[1]
+        assert Path(listed[key]["file"]).parent == (root / key).parent
+    manifest = json.loads(manifest_path(prepared).read_text())
+    assert manifest["complete"] is True
+    assert manifest["counts"] == {
+        "train": {"samples": 48 - 10, "skipped": 10},
+        "test": {"samples": 24 - 2, "skipped": 2},
+    }
+    assert manifest["crop"] == {"size": 64, "scale": 2.7, "mode": "shift", "interpolation": None}
+
+
+def test_cached_crops_are_the_crops_of_the_original_images(prepared: Path, broken_data) -> None:
+    root, broken = broken_data
+    for split in ("train", "test"):
+        images = np.load(images_path(prepared, split), mmap_mode="r")
+        keys = list(json.loads((root / f"metas/intra_test/{split}_label.json").read_text()))
+        assert images.shape == (len(keys), 64, 64, 3) and images.dtype == np.uint8
+        rows = read_tsv(samples_path(prepared, split))
+        assert [r["key"] for r in rows] == [k for k in keys if k not in broken]
+        for row in rows[:5]:
+            box = tuple(float(row[c]) for c in "xywh")
+            expected = crop_sample(root / row["key"], box, CROP.convention())
+            np.testing.assert_array_equal(images[int(row["row"])], expected)
+            assert int(row["row"]) == keys.index(row["key"])
+        skipped_rows = [keys.index(k) for k in broken if k.split("/")[1] == split]
+        assert not images[skipped_rows].any()
+
+
+def test_rerun_skips_finished_work(prepared: Path, broken_data) -> None:
+    root, _ = broken_data
+    stamp = {p: p.stat().st_mtime_ns for p in prepared.rglob("*") if p.is_file()}
+    summary = prepare(root, prepared, CROP, workers=2, chunk_size=8, progress=False)
+    assert summary.chunks_run == 0 and summary.samples == {"train": 38, "test": 22}
+    assert sum(summary.skipped.values()) == 12
+    assert {p: p.stat().st_mtime_ns for p in prepared.rglob("*") if p.is_file()} == stamp
+
+
+def test_an_interrupted_run_resumes_the_unfinished_chunks(prepared: Path, broken_data, tmp_path: Path) -> None:
+    """An interruption leaves chunks without result files (rows are written first) and no `complete` flag."""
+    root, _ = broken_data
+    resumed = tmp_path / "cache"
+    shutil.copytree(prepared, resumed)
+    for split in ("train", "test"):
+        samples_path(resumed, split).unlink()
+    manifest = json.loads(manifest_path(resumed).read_text())
+    manifest.pop("counts")
+    manifest_path(resumed).write_text(json.dumps({**manifest, "complete": False}))
+    images = np.load(images_path(resumed, "train"), mmap_mode="r+")
+    images[8:24] = 0  # chunks 1 and 2 of train were being written
+    images.flush()
+    del images
+    chunk_path(resumed, "train", 1).unlink()
+    chunk_path(resumed, "train", 2).unlink()
+
+    summary = prepare(root, resumed, CROP, workers=1, chunk_size=8, progress=False)
+    assert summary.chunks_run == 2
+    for split in ("train", "test"):
+        assert images_path(resumed, split).read_bytes() == images_path(prepared, split).read_bytes()
+        assert samples_path(resumed, split).read_text() == samples_path(prepared, split).read_text()
+    assert skipped_path(resumed).read_text() == skipped_path(prepared).read_text()
+
+
+def test_other_settings_or_a_foreign_folder_are_refused(prepared: Path, broken_data, tmp_path: Path) -> None:
+    root, _ = broken_data
+    with pytest.raises(DatasetError, match=r"holds a cache made with other settings \(crop .*'size': 64.*'size': 80"):
+        prepare(root, prepared, CropSpec(size=80), workers=1, chunk_size=8, progress=False)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetError, match=r"not empty and holds no manifest.json"):
+        prepare(root, tmp_path, CROP, workers=1, progress=False)
+    with pytest.raises(DatasetError, match=r"no 'protocol9' protocol .* set data.protocol to one of: intra_test"):
+        prepare(root, tmp_path / "new", CROP, protocol="protocol9", workers=1, progress=False)
+
+
+def test_cli_prints_the_count_and_refuses_missing_settings(broken_data, tmp_path: Path) -> None:
+    root, _ = broken_data
+    command = [sys.executable, "-m", "fas.data.prepare", f"root={root}", "crop.size=64", "workers=2", "progress=false"]
+    done = subprocess.run([*command, f"output={tmp_path / 'cache'}"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"60 crops (train 38, test 22); skipped 12 sample(s), listed with their reason in {tmp_path}" in done.stdout
+    missing = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert missing.returncode == 2 and "error: output is not set: python -m fas.data.prepare" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    assert (REPO_ROOT / "configs" / "prepare.yaml").is_file()
+
+
+def replicated_tree(source: Path, root: Path, copies: int) -> None:
+    """A tree whose train split lists every train image of `source` `copies` times (hard links)."""
+    labels = json.loads((source / "metas/intra_test/train_label.json").read_text())
+    out: dict[str, list[int]] = {}
+    for copy in range(copies):
+        for key, vector in labels.items():
+            new_key = key.replace("Data/train/", f"Data/train/{copy}")
+            for src in ((source / key), (source / key).with_name(Path(key).stem + "_BB.txt")):
+                dst = root / new_key if src.suffix == ".jpg" else (root / new_key).with_name(src.name)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.hardlink_to(src)
+            out[new_key] = vector
+    (root / "metas/intra_test").mkdir(parents=True)
+    (root / "metas/intra_test/train_label.json").write_text(json.dumps(out))
+
+
+def peak_traced_bytes(root: Path, output: Path) -> int:
+    tracemalloc.start()
+    prepare(root, output, CropSpec(size=128), splits=("train",), workers=1, chunk_size=16, progress=False)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def test_peak_memory_does_not_grow_with_the_number_of_images(tiny_data: Path, tmp_path: Path) -> None:
+    """Preparing 4x the images must not hold 4x the pixels: the extra peak stays far below one crop each."""
+    replicated_tree(tiny_data, tmp_path / "small", 1)
+    replicated_tree(tiny_data, tmp_path / "large", 4)
+    small = peak_traced_bytes(tmp_path / "small", tmp_path / "small_cache")
+    large = peak_traced_bytes(tmp_path / "large", tmp_path / "large_cache")
+    extra_images = 3 * 48
+    crop_bytes = 128 * 128 * 3
+    assert large - small < 0.25 * extra_images * crop_bytes, (small, large)
+
+
+def test_training_runs_on_the_prepared_cache(prepared: Path, tmp_path: Path) -> None:
+    """Train from the cache with Silent-Face's 3 classes (bf16 on CPU); the real class index lands in the checkpoint."""
+    overrides = [
+        "data=celeba_spoof_packed",
+        f"data.cache={prepared}",
+        "trainer=cpu_bf16",
+        "data.input_size=64",
+        "data.num_workers=1",
+        "data.batch_size=8",
+        "data.eval_batch_size=16",
+        "class_scheme=silentface3",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=3",
+        "+trainer.enable_progress_bar=false",
+    ]
+    _, metrics = train(compose_train(overrides, tmp_path / "run"))
+    assert 0.0 <= float(metrics["test/auroc"]) <= 1.0
+    checkpoint = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)
+    scheme = checkpoint["hyper_parameters"]["class_scheme"]
+    assert (scheme["name"], scheme["real_class_index"], scheme["class_names"]) == (
+        "silentface3",
+        1,
+        ("print", "live", "replay"),
+    )
+    assert checkpoint["hyper_parameters"]["convention"]["input_size"] == 64
+    with pytest.raises(DatasetError, match=r"the cache holds 64x64 crops .* Train with data.input_size=64"):
+        train(compose_train([*overrides[:2], "+trainer.enable_progress_bar=false"], tmp_path / "mismatch"))

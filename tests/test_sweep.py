@@ -1,0 +1,74 @@
+"""Multirun and Optuna sweeps write one summary row per job."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fas.sweep import collect_jobs, write_summary
+
+from conftest import REPO_ROOT
+
+QUICK = ["data=celeba_spoof", "data.num_workers=0", "data.batch_size=8", "trainer.max_epochs=1"]
+QUICK += ["+trainer.limit_train_batches=2", "+trainer.enable_progress_bar=false"]
+
+
+def run_sweep(tiny_data: Path, sweep_dir: Path, *overrides: str) -> list[dict[str, str]]:
+    command = [sys.executable, str(REPO_ROOT / "train.py"), *overrides, *QUICK]
+    result = subprocess.run(
+        [*command, f"data.root={tiny_data}", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=sweep_dir.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return list(csv.DictReader((sweep_dir / "summary.csv").open()))
+
+
+@pytest.mark.slow
+def test_two_job_multirun_writes_its_summary(tiny_data: Path, tmp_path: Path) -> None:
+    sweep = ("-m", "model=minifasnet_v2,minifasnet_v2se", "model.ft_weight=0,0.5")
+    rows = run_sweep(tiny_data, tmp_path / "sweep", *sweep)
+    assert [r["overrides"] for r in rows] == [
+        "model=minifasnet_v2 model.ft_weight=0",
+        "model=minifasnet_v2 model.ft_weight=0.5",
+        "model=minifasnet_v2se model.ft_weight=0",
+        "model=minifasnet_v2se model.ft_weight=0.5",
+    ]
+    assert all(r["status"] == "ok" and 0 <= float(r["test/auroc"]) <= 1 for r in rows)
+    assert (tmp_path / "sweep" / "summary.md").read_text().count("\n") == 6
+    assert all((tmp_path / "sweep" / str(i) / "report" / "metrics.json").is_file() for i in range(4))
+
+
+@pytest.mark.slow
+def test_two_trial_optuna_sweep(tiny_data: Path, tmp_path: Path) -> None:
+    rows = run_sweep(
+        tiny_data,
+        tmp_path / "optuna",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+    )
+    assert len(rows) == 2 and all("model.optimizer.lr=" in r["overrides"] for r in rows)
+    assert all(r["val/auroc"] != "" for r in rows)
+    assert (tmp_path / "optuna" / "optimization_results.yaml").is_file()
+
+
+def test_summary_marks_failed_jobs(tmp_path: Path) -> None:
+    for job, overrides in (("0", "- a=1\n- b=1\n"), ("1", "- a=1\n- b=2\n")):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(overrides)
+    (tmp_path / "0" / "report").mkdir()
+    (tmp_path / "0" / "report" / "metrics.json").write_text('{"metrics": {"test/auroc": 0.75}}')
+    rows = collect_jobs(tmp_path)
+    assert rows == [
+        {"job": "0", "overrides": "b=1", "status": "ok", "test/auroc": 0.75},
+        {"job": "1", "overrides": "b=2", "status": "failed (no report/metrics.json)"},
+    ]
+    _, md = write_summary(tmp_path, rows)
+    assert "| 1 | b=2 | failed (no report/metrics.json) |  |" in md.read_text()
