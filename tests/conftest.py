@@ -57,6 +57,39 @@ def short_fit(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def ranked_checkpoint(short_fit: Path, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The short run's best checkpoint with BatchNorm statistics re-estimated on the training images.
+
+    Six epochs on 36 images leave the running statistics so far behind the weights that every eval-mode
+    score sits within ~1e-5 of the others, and float noise between backends reorders near-ties. Statistics
+    re-estimated on the training images spread the scores over (0, 1), so parity is tested on a real ranking.
+    """
+    import json
+
+    from fas.data.datamodule import FaceDataModule
+    from fas.module import LivenessModule
+
+    best = Path(json.loads((short_fit / "report" / "metrics.json").read_text())["models"][0]["path"])
+    checkpoint = torch.load(best, map_location="cpu", weights_only=True)
+    module = LivenessModule.load_from_checkpoint(best, map_location="cpu")
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            layer.reset_running_stats()
+            layer.momentum = None  # a plain average over the batches seen
+    convention = module.convention
+    datamodule = FaceDataModule(str(tiny_data), module.class_scheme, input_size=convention.input_size, batch_size=36)
+    datamodule.setup()
+    module.train()
+    with torch.no_grad():
+        for batch in datamodule.train_dataloader():
+            module(batch["image"])
+    checkpoint["state_dict"] = module.state_dict()
+    out = tmp_path_factory.mktemp("ranked") / "recalibrated.ckpt"
+    torch.save(checkpoint, out)
+    return out
+
+
 def compose_train(overrides: list[str], run_dir: Path):
     """Compose `configs/train.yaml` as `python train.py <overrides>` would, with the run in `run_dir`."""
     return compose_config("train", overrides, run_dir)

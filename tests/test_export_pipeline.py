@@ -9,36 +9,31 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
-from conftest import REPO_ROOT, compose_config, compose_train
 
 from fas.convention import ClassScheme
 from fas.data.celeba_spoof import read_split
 from fas.data.datamodule import FaceDataModule
 from fas.export.onnx import read_metadata
-from fas.export.pipeline import ExportError, export, export_model
+from fas.export.pipeline import ExportError, calibration_images, datamodule_for, export, export_model
 from fas.export.quantize import QuantizationRecipe
+from fas.inference.backends import load_backend
 from fas.train import train
 
-pytestmark = pytest.mark.slow  # a short fit, in-process and command-line exports: about a minute
+from conftest import REPO_ROOT, TINY_RUN, compose_config, compose_train
 
-TINY_RUN = [
-    "data=celeba_spoof",
-    "data.num_workers=0",
-    "data.batch_size=8",
-    "data.eval_batch_size=16",
-    "+trainer.enable_progress_bar=false",
-]
+pytestmark = pytest.mark.slow  # a short fit, in-process and command-line exports: about a minute
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> tuple[Path, list[str]]:
-    """A 2-epoch fit at 64x64 with the default callbacks; returns the run directory and train()'s log."""
+    """A 3-epoch AdamW fit at 64x64 with the default callbacks (trained enough for its logits to differ
+    from image to image); returns the run directory and train()'s log."""
     run_dir = tmp_path_factory.mktemp("export_fit")
-    cfg = compose_train(
-        [*TINY_RUN, f"data.root={tiny_data}", "data.input_size=64", "trainer.max_epochs=2", "seed=0"], run_dir
-    )
+    overrides = [f"data.root={tiny_data}", "data.input_size=64", "optimizer=adamw", "trainer.max_epochs=3", "seed=0"]
+    cfg = compose_train([*TINY_RUN, *overrides], run_dir)
     messages: list[str] = []
     handler = logging.Handler(logging.INFO)
     handler.emit = lambda record: messages.append(record.getMessage())
@@ -76,6 +71,20 @@ def test_training_ends_with_both_files_and_the_report(trained: tuple[Path, list[
     assert info.convention.input_size == 64 and info.class_scheme == scheme
     assert info.config["backbone"] == "minifasnet_v2se" and info.config["ft_weight"] == 0.5
     assert any(m.startswith(f"Export: {export_dir / 'model.onnx'}") for m in messages), messages
+
+
+def test_int8_is_bias_corrected_on_the_calibration_crops(
+    ranked_checkpoint: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    cfg = compose_config("export", [f"ckpt_path={ranked_checkpoint}", *TINY_RUN, f"data.root={tiny_data}"], tmp_path)
+    result = export(cfg)
+    fp32 = load_backend(result.fp32)
+    datamodule = datamodule_for(cfg.data, fp32.info)
+    datamodule.setup()
+    crops = calibration_images(datamodule, 128)
+    fp32_logits, int8_logits = fp32.logits(crops), load_backend(result.int8).logits(crops)
+    assert fp32_logits.std(axis=0).min() > 0.05  # a model whose logits vary from crop to crop
+    np.testing.assert_allclose(int8_logits.mean(axis=0), fp32_logits.mean(axis=0), atol=0.02)
 
 
 def test_export_without_int8_in_process(trained: tuple[Path, list[str]], tiny_data: Path, tmp_path: Path) -> None:

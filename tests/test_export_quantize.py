@@ -60,6 +60,12 @@ def test_static_recipe_makes_a_qdq_model_close_to_fp32(method: str, fp32_model: 
     assert correlation(int8, fp32) > 0.95, (int8, fp32)
 
 
+def test_static_int8_keeps_the_logits_float(fp32_model: Path, tmp_path: Path) -> None:
+    path = quantize(fp32_model, tmp_path / "model_int8.onnx", QuantizationRecipe(), images(16, seed=0))
+    graph = onnx.load(str(path)).graph
+    assert next(n for n in graph.node if n.output[0] == "logits").op_type == "Gemm"  # not a DequantizeLinear
+
+
 def test_dynamic_recipe_is_the_conv_integer_form(fp32_model: Path, tmp_path: Path) -> None:
     path = quantize(fp32_model, tmp_path / "model_int8.onnx", QuantizationRecipe(method="dynamic"))
     ops = op_counts(path)

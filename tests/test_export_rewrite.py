@@ -16,6 +16,7 @@ from torch import nn
 from fas.convention import ClassScheme, InputConvention, ModelInfo
 from fas.export.onnx import export_onnx, read_metadata
 from fas.export.rewrite import (
+    channel_ranges,
     fuse_gemm_chains,
     optimize_for_cpu,
     pad_channels,
@@ -198,3 +199,18 @@ def test_prelu_on_a_non_channel_slope_is_left_alone() -> None:
     constants = {"slope": np.array([0.1, 0.2, 0.3, 0.4], np.float32)}  # broadcasts along W, not C
     model = model_of(nodes, [tensor("x", [1, 2, 3, 4])], [tensor("y", [1, 2, 3, 4])], constants)
     assert op_counts(prelu_to_relu(model)) == Counter(PRelu=1)
+
+
+def test_range_equalization_is_exact_and_evens_out_channel_ranges(tmp_path: Path) -> None:
+    model = randomized(build_backbone("minifasnet_v2", input_size=64, num_classes=2), seed=5)
+    plain, _, _ = export_and_optimize(model, 64, tmp_path / "model.onnx")
+    images = np.random.default_rng(2).uniform(0, 1, (16, 3, 64, 64)).astype(np.float32)
+    equalized = optimize_for_cpu(plain, calibration=images)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images[:4])).numpy()
+    np.testing.assert_allclose(run(equalized, {"input": images[:4]}), expected, atol=TOLERANCE, rtol=0)
+    expand = next(n for n in plain.graph.node if n.op_type == "Conv" and "conv_23.conv" in n.input[1]).output[0]
+    before = channel_ranges(plain, [expand], images)[expand]
+    after = channel_ranges(equalized, [expand], images)[expand][: before.size]  # 103 of the 112 padded
+    assert before.min() < 0.5 * before.max()
+    np.testing.assert_allclose(after, after.max(), rtol=1e-4)

@@ -81,8 +81,8 @@ def export_model(
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
 
-    fp32 = write_fp32(backend, directory / FP32_NAME, optimize)
     calibration = calibration_images(datamodule, recipe.calibration_samples) if recipe.needs_calibration else None
+    fp32 = write_fp32(backend, directory / FP32_NAME, optimize, calibration)
     int8 = quantize(fp32, directory / INT8_NAME, recipe, calibration)
     test = labelled_images(datamodule.splits["test"])
     report = {
@@ -102,11 +102,12 @@ def export_model(
     return result
 
 
-def write_fp32(backend: TorchBackend, path: Path, optimize: bool) -> Path:
+def write_fp32(backend: TorchBackend, path: Path, optimize: bool, calibration: np.ndarray | None) -> Path:
+    """The clean export, rewritten for CPU (and range-equalized for INT8 when there are calibration crops)."""
     with tempfile.TemporaryDirectory() as tmp:
         proto = onnx.load(str(export_onnx(backend.model, backend.info, Path(tmp) / FP32_NAME)))
     if optimize:
-        proto = optimize_for_cpu(proto)
+        proto = optimize_for_cpu(proto, calibration)
     onnx.save_model(proto, path)
     return path
 
