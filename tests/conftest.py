@@ -34,13 +34,15 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 CONFIG_DIR = REPO_ROOT / "configs"
 
-TINY_RUN = [
+TINY_DATA = [
     "data=celeba_spoof",
     "data.num_workers=0",
     "data.batch_size=8",
     "data.eval_batch_size=16",
     "+trainer.enable_progress_bar=false",
 ]
+# Training runs in tests skip the ONNX export callback (tests/test_export_pipeline.py runs it).
+TINY_RUN = [*TINY_DATA, "~callbacks.export"]
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from fas.export.quantize import QuantizationRecipe
 from fas.inference.backends import load_backend
 from fas.train import train
 
-from conftest import REPO_ROOT, TINY_RUN, compose_config, compose_train
+from conftest import REPO_ROOT, TINY_DATA, compose_config, compose_train
 
 pytestmark = pytest.mark.slow  # a short fit, in-process and command-line exports: about a minute
 
@@ -33,7 +33,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> tuple[
     from image to image); returns the run directory and train()'s log."""
     run_dir = tmp_path_factory.mktemp("export_fit")
     overrides = [f"data.root={tiny_data}", "data.input_size=64", "optimizer=adamw", "trainer.max_epochs=3", "seed=0"]
-    cfg = compose_train([*TINY_RUN, *overrides], run_dir)
+    cfg = compose_train([*TINY_DATA, *overrides], run_dir)
     messages: list[str] = []
     handler = logging.Handler(logging.INFO)
     handler.emit = lambda record: messages.append(record.getMessage())
@@ -76,7 +76,7 @@ def test_training_ends_with_both_files_and_the_report(trained: tuple[Path, list[
 def test_int8_is_bias_corrected_on_the_calibration_crops(
     ranked_checkpoint: Path, tiny_data: Path, tmp_path: Path
 ) -> None:
-    cfg = compose_config("export", [f"ckpt_path={ranked_checkpoint}", *TINY_RUN, f"data.root={tiny_data}"], tmp_path)
+    cfg = compose_config("export", [f"ckpt_path={ranked_checkpoint}", *TINY_DATA, f"data.root={tiny_data}"], tmp_path)
     result = export(cfg)
     fp32 = load_backend(result.fp32)
     datamodule = datamodule_for(cfg.data, fp32.info)

@@ -17,6 +17,7 @@ import torch
 from fas.data.cache import CropSpec, chunk_path, images_path, manifest_path, samples_path, skipped_path
 from fas.data.celeba_spoof import DatasetError, crop_sample
 from fas.data.prepare import prepare
+from fas.export.onnx import read_metadata
 from fas.train import train
 
 from conftest import PREPARED_CROP_SETTINGS, REPO_ROOT, compose_train
@@ -163,7 +164,8 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(tiny_data: Path, tm
 
 
 def test_training_runs_on_the_prepared_cache(prepared: Path, tmp_path: Path) -> None:
-    """Train from the cache with Silent-Face's 3 classes (bf16 on CPU); the real class index lands in the checkpoint."""
+    """Train from the cache with Silent-Face's 3 classes (bf16 on CPU); the real class index lands in the
+    checkpoint and in the INT8 export."""
     overrides = [
         "data=celeba_spoof_packed",
         f"data.cache={prepared}",
@@ -179,7 +181,7 @@ def test_training_runs_on_the_prepared_cache(prepared: Path, tmp_path: Path) -> 
     ]
     _, metrics = train(compose_train(overrides, tmp_path / "run"))
     assert 0.0 <= float(metrics["test/auroc"]) <= 1.0
-    checkpoint = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)
     scheme = checkpoint["hyper_parameters"]["class_scheme"]
     assert (scheme["name"], scheme["real_class_index"], scheme["class_names"]) == (
         "silentface3",
@@ -187,5 +189,7 @@ def test_training_runs_on_the_prepared_cache(prepared: Path, tmp_path: Path) -> 
         ("print", "live", "replay"),
     )
     assert checkpoint["hyper_parameters"]["convention"]["input_size"] == 64
+    exported = read_metadata(tmp_path / "run/export/model_int8.onnx")  # calibrated on packed crops
+    assert exported.class_scheme.real_class_index == 1 and exported.convention.input_size == 64
     with pytest.raises(DatasetError, match=r"the cache holds 64x64 crops .* Train with data.input_size=64"):
         train(compose_train([*overrides[:2], "+trainer.enable_progress_bar=false"], tmp_path / "mismatch"))

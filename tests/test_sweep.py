@@ -14,7 +14,7 @@ from fas.sweep import collect_jobs, write_summary
 from conftest import REPO_ROOT
 
 QUICK = ["data=celeba_spoof", "data.num_workers=0", "data.batch_size=8", "trainer.max_epochs=1"]
-QUICK += ["+trainer.limit_train_batches=2", "+trainer.enable_progress_bar=false"]
+QUICK += ["+trainer.limit_train_batches=2", "+trainer.enable_progress_bar=false", "~callbacks.export"]
 
 
 def run_sweep(tiny_data: Path, sweep_dir: Path, *overrides: str) -> list[dict[str, str]]:

@@ -9,6 +9,7 @@ convention and without augmentation.
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import time
@@ -24,7 +25,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fas.convention import ModelInfo
-from fas.data.datamodule import FaceCropDataset, FaceDataModule
+from fas.data.datamodule import FaceDataModule
 from fas.errors import FasError
 from fas.export.onnx import export_onnx
 from fas.export.parity import INT8_ACCURACY_BUDGET, LabelledImages, parity, write_report
@@ -141,8 +142,8 @@ def check_parity(result: ExportResult) -> None:
 
 def calibration_images(datamodule: FaceDataModule, count: int) -> np.ndarray:
     """A seeded sample of `count` training crops through the model's preprocessing, unaugmented."""
-    train = datamodule.splits["train"]
-    plain = FaceCropDataset(train.samples, datamodule.convention)
+    plain = copy.copy(datamodule.splits["train"])  # individual files or the packed cache alike
+    plain.transform = None
     rng = np.random.default_rng(CALIBRATION_SEED)
     chosen = rng.choice(len(plain), size=min(count, len(plain)), replace=False)
     return labelled_images(Subset(plain, sorted(chosen.tolist()))).images
