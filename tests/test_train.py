@@ -16,7 +16,7 @@ from fas.models import BACKBONES
 from fas.models.checkpoint import CheckpointMismatchError
 from fas.train import train
 
-from conftest import REPO_ROOT, TINY_RUN, compose_train
+from conftest import REPO_ROOT, TINY_DATA, TINY_RUN, compose_train
 
 
 def epoch_means(metrics_csv: Path, key: str) -> list[float]:
@@ -79,8 +79,8 @@ def test_every_backbone_size_and_ft_weight_trains(
 ) -> None:
     cfg = compose_train(
         [
-            *TINY_RUN,
-            "debug=fdr",
+            *TINY_DATA,
+            "debug=fdr",  # also drops the callbacks
             f"data.root={tiny_data}",
             f"model={backbone}",
             f"data.input_size={size}",
@@ -172,12 +172,18 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_evaluation(tiny_data:
     run_dir = tmp_path / "ddp"
     overrides = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2"]
     result = run_cli(
-        *TINY_RUN, f"data.root={tiny_data}", "data.input_size=48", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path
+        *TINY_DATA, f"data.root={tiny_data}", "data.input_size=48", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == [  # written once, by rank 0
+        "model.onnx",
+        "model_int8.onnx",
+        "report.json",
+        "report.md",
+    ]
     (ddp,) = json.loads((run_dir / "report" / "metrics.json").read_text())["models"]
     single = compose_config(
-        "evaluate", [f"ckpt_path={ddp['path']}", *TINY_RUN, f"data.root={tiny_data}"], tmp_path / "eval"
+        "evaluate", [f"ckpt_path={ddp['path']}", *TINY_DATA, f"data.root={tiny_data}"], tmp_path / "eval"
     )
     (alone,) = json.loads(evaluate(single).metrics.read_text())["models"]
     assert ddp["threshold_choice"]["value"] == pytest.approx(alone["threshold_choice"]["value"], rel=1e-6)
