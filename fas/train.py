@@ -9,7 +9,7 @@ from typing import Any
 import hydra
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from fas.convention import ModelInfo
@@ -21,6 +21,7 @@ from fas.models.checkpoint import check_resume_checkpoint
 from fas.models.pretrained import load_pretrained
 from fas.module import LivenessModule
 from fas.report import ModelEvaluation, log_to_wandb, write_report
+from fas.sweep import sweep_group  # noqa: F401  registers the resolver that configs/logger/wandb.yaml uses
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,15 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        return fit_test_and_report(cfg, trainer, model, datamodule, ckpt_path)
+    finally:
+        finish_wandb_runs(loggers)
 
+
+def fit_test_and_report(
+    cfg: DictConfig, trainer: L.Trainer, model: LivenessModule, datamodule: FaceDataModule, ckpt_path: str | None
+) -> tuple[float | None, dict[str, Any]]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     best = best_checkpoint(trainer)
     trainer.test(model, datamodule=datamodule, ckpt_path=best)
@@ -97,15 +106,23 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     report = write_report(
         output_dir / "report", [evaluation], split="test", extra_metrics=validation, data_root=str(datamodule.root)
     )
-    log_to_wandb(loggers, [evaluation], report, prefix="test")
+    log_to_wandb(trainer.loggers, [evaluation], report, prefix="test")
     log.info("Test metrics: %s", {k: round(float(v), 4) for k, v in metrics.items()})
     log.info("Run directory: %s", output_dir)
     log.info("Best checkpoint: %s", best or "none (no ModelCheckpoint callback)")
     log.info("Report: %s (and report.md, report.html beside it)", report.metrics)
-    for callback in callbacks:
+    for callback in trainer.callbacks:
         if isinstance(callback, OnnxExport) and callback.result is not None:
             log.info("Export: %s", callback.result.summary())
     return value, metrics
+
+
+def finish_wandb_runs(loggers: list[Logger]) -> None:
+    """End each wandb run with its job: the jobs of a multirun share one process, and a run left open
+    would swallow the next job's logs."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
 
 
 def best_validation_score(trainer: L.Trainer) -> dict[str, float]:

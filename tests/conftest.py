@@ -92,6 +92,34 @@ def ranked_checkpoint(short_fit: Path, tiny_data: Path, tmp_path_factory: pytest
     return out
 
 
+def wandb_records(run_dir: Path) -> list:
+    """The records of an offline wandb run (`<dir>/wandb/offline-run-*/run-*.wandb`), parsed.
+
+    The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks, each with a 7-byte
+    header (CRC32C, little-endian length, type: 1 full, 2 first, 3 middle, 4 last) holding a
+    serialized `wandb_internal_pb2.Record`.
+    """
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    data, position, pending, records = path.read_bytes(), 7, b"", []
+    while position + 7 <= len(data):
+        if 32768 - position % 32768 < 7:  # too little room left in the block for a header: padding
+            position += 32768 - position % 32768
+            continue
+        length, kind = struct.unpack_from("<HB", data, position + 4)
+        pending += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
 def compose_train(overrides: list[str], run_dir: Path):
     """Compose `configs/train.yaml` as `python train.py <overrides>` would, with the run in `run_dir`."""
     return compose_config("train", overrides, run_dir)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hydra.types import RunMode
 
-from fas.sweep import collect_jobs, write_summary
+from fas.sweep import collect_jobs, sweep_group, write_summary
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, wandb_records
 
 QUICK = ["data=celeba_spoof", "data.num_workers=0", "data.batch_size=8", "trainer.max_epochs=1"]
 QUICK += ["+trainer.limit_train_batches=2", "+trainer.enable_progress_bar=false", "~callbacks.export"]
@@ -25,6 +27,7 @@ def run_sweep(tiny_data: Path, sweep_dir: Path, *overrides: str) -> list[dict[st
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "WANDB_SILENT": "true", "WANDB_DATA_DIR": str(sweep_dir.parent / "wandb_data")},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return list(csv.DictReader((sweep_dir / "summary.csv").open()))
@@ -46,17 +49,29 @@ def test_two_job_multirun_writes_its_summary(tiny_data: Path, tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_two_trial_optuna_sweep(tiny_data: Path, tmp_path: Path) -> None:
+def test_two_trial_optuna_sweep_in_one_wandb_group(tiny_data: Path, tmp_path: Path) -> None:
     rows = run_sweep(
         tiny_data,
         tmp_path / "optuna",
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.sampler.n_startup_trials=2",
+        "logger=wandb",
+        "logger.wandb.offline=true",
     )
     assert len(rows) == 2 and all("model.optimizer.lr=" in r["overrides"] for r in rows)
     assert all(r["val/auroc"] != "" for r in rows)
     assert (tmp_path / "optuna" / "optimization_results.yaml").is_file()
+    runs = [next(r.run for r in wandb_records(tmp_path / "optuna" / job) if r.HasField("run")) for job in ("0", "1")]
+    assert [run.run_group for run in runs] == ["train_optuna", "train_optuna"]  # train_<sweep dir name>
+    assert runs[0].run_id != runs[1].run_id  # each job its own run, though both ran in one process
+
+
+def test_sweep_group_is_the_sweep_for_multirun_jobs_and_the_task_otherwise() -> None:
+    assert sweep_group(RunMode.MULTIRUN, "logs/train/multiruns/2026-11-24_21-00-00", "train") == (
+        "train_2026-11-24_21-00-00"
+    )
+    assert sweep_group(RunMode.RUN, "logs/train/multiruns/2026-11-24_21-00-00", "train") == "train"
 
 
 def test_summary_marks_failed_jobs(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from fas.models import BACKBONES
 from fas.models.checkpoint import CheckpointMismatchError
 from fas.train import train
 
-from conftest import REPO_ROOT, TINY_DATA, TINY_RUN, compose_train
+from conftest import REPO_ROOT, TINY_DATA, TINY_RUN, compose_train, wandb_records
 
 
 def epoch_means(metrics_csv: Path, key: str) -> list[float]:
@@ -68,6 +68,30 @@ def test_resume_with_another_head_is_refused(short_fit: Path, tiny_data: Path, t
     cfg = compose_train([*TINY_RUN, f"data.root={tiny_data}", "data.input_size=128", f"ckpt_path={ckpt}"], tmp_path)
     with pytest.raises(CheckpointMismatchError, match=r"does not fit backbone minifasnet_v2se: .*data.input_size=64"):
         train(cfg)
+
+
+def test_wandb_offline_run_holds_config_losses_metrics_and_the_onnx_artifact(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))  # artifact staging, not ~/.local
+    overrides = [f"data.root={tiny_data}", "data.input_size=48", "trainer.max_epochs=1", "trainer.log_every_n_steps=1"]
+    overrides += ["logger=wandb", "logger.wandb.offline=true", "quantization=none"]
+    train(compose_train([*TINY_DATA, *overrides], tmp_path))
+    records = wandb_records(tmp_path)
+    (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert run.run_group == "train" and run.project == "fas"
+    updates = [item for r in records if r.HasField("config") for item in r.config.update]
+    config = {item.key: json.loads(item.value_json) for item in updates}
+    assert config["model"]["ft_weight"] == 0.5 and config["data"]["input_size"] == 48  # the resolved config
+    history = [item for r in records if r.HasField("history") for item in r.history.item]
+    logged = {item.key or "/".join(item.nested_key) for item in history}
+    assert {"train/loss_ce", "train/loss_ft", "val/auroc", "test/auroc", "test/eer"} <= logged
+    assert {"test/plots/count", "test/summary/nrows"} <= logged  # the report's plots and comparison table
+    (artifact,) = [r.artifact for r in records if r.HasField("artifact") and r.artifact.type == "model"]
+    assert artifact.name == f"onnx-{run.run_id}"
+    assert sorted(entry.path for entry in artifact.manifest.contents) == ["model.onnx", "report.json", "report.md"]
+    assert json.loads(artifact.metadata)["fp32"]["max_abs_logit_diff_vs_pytorch"] <= 1e-4
 
 
 GRID = [(name, size, ft) for name in sorted(BACKBONES) for size in (80, 128) for ft in (0.0, 0.5)]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger, WandbLogger
 
 from fas.data.datamodule import FaceDataModule
 from fas.export.pipeline import ExportResult, export_model
@@ -44,4 +45,21 @@ class OnnxExport(Callback):
             return None
         result = export_model(path, self.output_dir, self.quantization, datamodule, self.optimize)
         log.info("Exported %s", result.summary())
+        log_artifact(trainer.loggers, result)
         return result
+
+
+def log_artifact(loggers: list[Logger], result: ExportResult) -> None:
+    """The exported files and their report as one wandb artifact of type `model` (parity figures as its
+    metadata), for every wandb logger."""
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        import wandb  # only with a wandb logger, which needs it anyway
+
+        run = logger.experiment
+        artifact = wandb.Artifact(f"onnx-{run.id}", type="model", metadata=result.report)
+        for path in (result.fp32, result.int8, result.report_json, result.report_md):
+            if path is not None:
+                artifact.add_file(str(path))
+        run.log_artifact(artifact, aliases=["latest", "best"])
