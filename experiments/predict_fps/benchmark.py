@@ -5,10 +5,8 @@ detection, the suri-liveness crop (1.5x square, reflect padding, letterbox to 12
 ONNX Runtime, the real/spoof decision.
 
 - fas: `LivenessPredictor` + `YuNetDetector` + `load_backend(<INT8 .onnx>)`. The INT8 model is the
-  suri-liveness weights imported by fas, exported with `fas.export.onnx.export_onnx`, and quantized
-  here with `onnxruntime.quantization` directly (static QDQ, per-channel weights, MinMax calibration on
-  jittered crops of the reference faces, after `quant_pre_process`). This stands in for fas's export
-  recipe until that lands.
+  suri-liveness weights imported by fas and exported the way `python export.py` does (CPU graph
+  rewrites, then the default static QDQ recipe), calibrated on jittered crops of the reference faces.
 - suri-liveness: its demo's steps (frame -> RGB, YuNet on RGB, its crop and letterbox, /255, its
   `best_model_quantized.onnx`, dynamic INT8 with ConvInteger), written out here; the crop functions of
   `fas.data.crop` are used because they reproduce its inputs byte for byte (tests/test_preprocess.py).
@@ -40,11 +38,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
 
 from fas.data.crop import letterbox, reflect_square
 from fas.download import read_registry, resolve_model_file
-from fas.export.onnx import INPUT_NAME, export_onnx, read_metadata, write_metadata
+from fas.export.onnx import export_onnx, read_metadata
+from fas.export.quantize import QuantizationRecipe, quantize
+from fas.export.rewrite import optimize_for_cpu
 from fas.inference.backends import load_backend
 from fas.inference.detect import YuNetDetector
 from fas.inference.predictor import LivenessPredictor
@@ -79,46 +78,31 @@ def make_frames(images_dir: Path) -> list[np.ndarray]:
     return frames
 
 
-class JitteredFaces(CalibrationDataReader):
-    """Calibration inputs: each reference face with random box shifts and scales, and mirrored."""
-
-    def __init__(self, frames: list[np.ndarray], boxes: list[tuple[int, int, int, int]], convention, count: int):
-        rng = np.random.default_rng(0)
-        samples = []
-        for index in range(count):
-            frame, (x, y, w, h) = frames[index % len(frames)], boxes[index % len(boxes)]
-            scale = rng.uniform(0.85, 1.15)
-            box = (x + rng.uniform(-0.1, 0.1) * w, y + rng.uniform(-0.1, 0.1) * h, w * scale, h * scale)
-            image = frame[:, ::-1].copy() if index % 2 else frame
-            if index % 2:
-                box = (FRAME_W - box[0] - box[2], *box[1:])
-            samples.append(face_batch(image, [box], convention))
-        self.samples = iter(samples)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self.samples, None)
-        return None if batch is None else {INPUT_NAME: batch}
+def jittered_faces(frames: list[np.ndarray], boxes: list[tuple[int, int, int, int]], convention, count: int):
+    """Calibration crops: each reference face with random box shifts and scales, and mirrored."""
+    rng = np.random.default_rng(0)
+    samples = []
+    for index in range(count):
+        frame, (x, y, w, h) = frames[index % len(frames)], boxes[index % len(boxes)]
+        scale = rng.uniform(0.85, 1.15)
+        box = (x + rng.uniform(-0.1, 0.1) * w, y + rng.uniform(-0.1, 0.1) * h, w * scale, h * scale)
+        image = frame[:, ::-1].copy() if index % 2 else frame
+        if index % 2:
+            box = (FRAME_W - box[0] - box[2], *box[1:])
+        samples.append(face_batch(image, [box], convention))
+    return np.concatenate(samples)
 
 
 def build_fas_models(suri_pth: Path, frames, boxes, work: Path) -> tuple[Path, Path]:
-    """fas's FP32 export of the imported suri-liveness weights, and its static INT8 quantization."""
+    """fas's FP32 and INT8 exports of the imported suri-liveness weights, made as `export_model` makes
+    them (CPU graph rewrites, range equalization, the default static recipe), calibrated on 128
+    jittered crops of the reference faces."""
     backend = load_backend(suri_pth)
-    fp32 = export_onnx(backend.model, backend.info, work / "suri_fas_fp32.onnx")
-    prepared = work / "suri_fas_fp32_prepared.onnx"
-    quant_pre_process(str(fp32), str(prepared))
-    int8 = work / "suri_fas_int8_qdq.onnx"
-    quantize_static(
-        str(prepared),
-        str(int8),
-        JitteredFaces(frames, boxes, backend.info.convention, count=96),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
-    proto = onnx.load(str(int8))
-    write_metadata(proto, read_metadata(fp32))  # quantization drops the metadata fas reads
-    onnx.save(proto, str(int8))
+    calibration = jittered_faces(frames, boxes, backend.info.convention, count=128)
+    plain = onnx.load(str(export_onnx(backend.model, backend.info, work / "plain.onnx")))
+    fp32 = work / "model.onnx"
+    onnx.save(optimize_for_cpu(plain, calibration), fp32)
+    int8 = quantize(fp32, work / "model_int8.onnx", QuantizationRecipe(), calibration)
     return fp32, int8
 
 
@@ -205,7 +189,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         fas_fp32, fas_int8 = build_fas_models(suri_pth, frames, boxes, Path(work))
         pipelines = {
-            "fas predictor, INT8 (static QDQ of fas's export)": fas_pipeline(yunet, fas_int8),
+            "fas predictor, INT8 (fas export, static recipe)": fas_pipeline(yunet, fas_int8),
             "suri-liveness pipeline, its INT8 (dynamic, best_model_quantized.onnx)": suri_pipeline(yunet, suri_int8),
             "fas predictor, FP32 (fas's export)": fas_pipeline(yunet, fas_fp32),
             "fas predictor, INT8, detection at 320x240 (detector.max_side=320)": fas_pipeline(yunet, fas_int8, 320),
