@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import lightning as L
 import numpy as np
 import torch
@@ -118,6 +119,13 @@ class PackedCropDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, seed = key if isinstance(key, tuple) else (key, None)
         return face_item(self.load_crop(index), self.labels[index], self.convention, self.transform, seed)
+
+
+def single_threaded_opencv(worker_id: int) -> None:
+    """Loader workers are the parallelism: each worker's own OpenCV thread pool (one thread per core)
+    only oversubscribes the CPU. 0 turns it off; 1 can hang a forked worker whose parent had used the
+    pool (experiments/gpu_train_throughput: +20-55% images/s with 12 workers on 16 cores)."""
+    cv2.setNumThreads(0)
 
 
 class EpochSeededSampler(Sampler[tuple[int, int]]):
@@ -314,6 +322,8 @@ class FaceDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=single_threaded_opencv,
+            pin_memory=torch.cuda.is_available(),  # a page-locked batch reaches the GPU a third faster
             drop_last=training and len(self.splits[split]) > self.batch_size,
         )
 
