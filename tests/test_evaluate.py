@@ -205,3 +205,15 @@ def test_data_follows_the_models_recorded_convention(tiny_data: Path, tmp_path: 
     assert "silentface.pth records crop_scale=4.0; evaluating with data.crop_scale=2.7" in caplog.text
     cfg = compose_evaluate([*base, "class_scheme=binary_all"], tmp_path)
     assert datamodule_for(cfg, info, "silentface.pth").class_scheme.name == "binary_all"
+
+
+def test_published_weights_are_evaluated_side_by_side(reference_dir: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """`evaluate.py` takes the published `.pth` files as they are, each with its own crop and classes."""
+    from conftest import PUBLISHED_WEIGHTS
+
+    models = ",".join(str(reference_dir / relative) for relative in PUBLISHED_WEIGHTS)
+    cfg = compose_evaluate([f"ckpt_path=[{models}]", *TINY, f"data.root={tiny_data}", "class_scheme=binary"], tmp_path)
+    reported = json.loads(evaluate(cfg).metrics.read_text())["models"]
+    assert [m["name"] for m in reported] == [Path(r).name for r in PUBLISHED_WEIGHTS]
+    assert [m["convention"]["crop_scale"] for m in reported] == [2.7, 4.0, 1.5]
+    assert all(0.0 <= m["metrics"]["auroc"] <= 1.0 for m in reported)

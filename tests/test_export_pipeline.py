@@ -133,3 +133,14 @@ def test_data_with_another_convention_is_refused(trained: tuple[Path, list[str]]
     datamodule = FaceDataModule(str(tiny_data), scheme, input_size=80)
     with pytest.raises(ExportError, match=r"the model expects .*input_size=64.*datamodule_for"):
         export_model(best_checkpoint(run_dir), run_dir / "other", QuantizationRecipe(), datamodule)
+
+
+def test_published_weights_export_with_their_own_convention(reference_dir: Path, tiny_data: Path, tmp_path: Path):
+    """`export.py ckpt_path=best_model.pth`: the suri-liveness file becomes a drop-in ONNX replacement."""
+    suri = reference_dir / "suri-liveness" / "best_model.pth"
+    cfg = compose_config("export", [f"ckpt_path={suri}", *TINY_DATA, f"data.root={tiny_data}"], tmp_path)
+    result = export(cfg)
+    info = read_metadata(result.int8)
+    assert (info.convention.input_size, info.convention.crop_scale, info.convention.crop_mode) == (128, 1.5, "reflect")
+    assert info.class_scheme.class_names == ("live", "spoof") and info.class_scheme.real_class_index == 0
+    assert result.report["fp32"]["max_abs_logit_diff_vs_pytorch"] <= 1e-4
