@@ -292,8 +292,8 @@ def write_results(results: dict[str, Any]) -> None:
     lines = [
         "# Loader and train-step throughput at 128 px",
         "",
-        "Median and best of the rounds; each round runs every variant once, in turn. The machine was shared",
-        "with other jobs: re-run `--clock wall` on a quiet one before quoting wall-time figures.",
+        "Median and best of the rounds; each round runs every variant once, in turn. Wall-clock figures",
+        "depend on what else runs: each run records the load average it started under.",
         "",
     ]
     for clock, run in results.items():
@@ -356,7 +356,7 @@ def main() -> None:
     run: dict[str, Any] = {
         "command": f"python experiments/loader_throughput/benchmark.py {arguments}",
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{threads} training thread(s)",
+        f"{threads} training thread(s), load average {os.getloadavg()[0]:.1f} at the start",
         "data": [],
     }
     results_file = HERE / "results.json"
