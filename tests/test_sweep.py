@@ -19,24 +19,27 @@ QUICK = ["data=celeba_spoof", "data.num_workers=0", "data.batch_size=8", "traine
 QUICK += ["+trainer.limit_train_batches=2", "+trainer.enable_progress_bar=false", "~callbacks.export"]
 
 
-def run_sweep(tiny_data: Path, sweep_dir: Path, *overrides: str) -> list[dict[str, str]]:
-    command = [sys.executable, str(REPO_ROOT / "train.py"), *overrides, *QUICK]
+def run_sweep(tiny_data: Path, cwd: Path, *overrides: str) -> list[dict[str, str]]:
+    """Run `python train.py <overrides>` in `cwd`; the rows of the sweep's summary."""
+    command = [sys.executable, str(REPO_ROOT / "train.py"), *overrides, *QUICK, f"data.root={tiny_data}"]
     result = subprocess.run(
-        [*command, f"data.root={tiny_data}", f"hydra.sweep.dir={sweep_dir}"],
-        cwd=sweep_dir.parent,
+        command,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "WANDB_SILENT": "true", "WANDB_DATA_DIR": str(sweep_dir.parent / "wandb_data")},
+        env={**os.environ, "WANDB_SILENT": "true", "WANDB_DATA_DIR": str(cwd / "wandb_data")},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    (summary,) = cwd.glob("logs/train/multiruns/*/summary.csv")
+    return list(csv.DictReader(summary.open()))
 
 
 @pytest.mark.slow
 def test_two_job_multirun_writes_its_summary(tiny_data: Path, tmp_path: Path) -> None:
     sweep = ("-m", "model=minifasnet_v2,minifasnet_v2se", "model.ft_weight=0,0.5")
-    rows = run_sweep(tiny_data, tmp_path / "sweep", *sweep)
+    rows = run_sweep(tiny_data, tmp_path, *sweep)  # into the default logs/train/multiruns/<date>/
+    (sweep_dir,) = tmp_path.glob("logs/train/multiruns/*")
     assert [r["overrides"] for r in rows] == [
         "model=minifasnet_v2 model.ft_weight=0",
         "model=minifasnet_v2 model.ft_weight=0.5",
@@ -44,15 +47,15 @@ def test_two_job_multirun_writes_its_summary(tiny_data: Path, tmp_path: Path) ->
         "model=minifasnet_v2se model.ft_weight=0.5",
     ]
     assert all(r["status"] == "ok" and 0 <= float(r["test/auroc"]) <= 1 for r in rows)
-    assert (tmp_path / "sweep" / "summary.md").read_text().count("\n") == 6
-    assert all((tmp_path / "sweep" / str(i) / "report" / "metrics.json").is_file() for i in range(4))
+    assert (sweep_dir / "summary.md").read_text().count("\n") == 6
+    assert all((sweep_dir / str(i) / "report" / "metrics.json").is_file() for i in range(4))
 
 
 @pytest.mark.slow
 def test_two_trial_optuna_sweep_in_one_wandb_group(tiny_data: Path, tmp_path: Path) -> None:
     rows = run_sweep(
         tiny_data,
-        tmp_path / "optuna",
+        tmp_path,
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.sampler.n_startup_trials=2",
@@ -61,9 +64,10 @@ def test_two_trial_optuna_sweep_in_one_wandb_group(tiny_data: Path, tmp_path: Pa
     )
     assert len(rows) == 2 and all("model.optimizer.lr=" in r["overrides"] for r in rows)
     assert all(r["val/auroc"] != "" for r in rows)
-    assert (tmp_path / "optuna" / "optimization_results.yaml").is_file()
-    runs = [next(r.run for r in wandb_records(tmp_path / "optuna" / job) if r.HasField("run")) for job in ("0", "1")]
-    assert [run.run_group for run in runs] == ["train_optuna", "train_optuna"]  # train_<sweep dir name>
+    (sweep_dir,) = tmp_path.glob("logs/train/multiruns/*")
+    assert (sweep_dir / "optimization_results.yaml").is_file()
+    runs = [next(r.run for r in wandb_records(sweep_dir / job) if r.HasField("run")) for job in ("0", "1")]
+    assert [run.run_group for run in runs] == [f"train_{sweep_dir.name}"] * 2  # train_<date>_<time>
     assert runs[0].run_id != runs[1].run_id  # each job its own run, though both ran in one process
 
 
