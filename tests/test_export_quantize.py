@@ -109,3 +109,34 @@ def test_recipe_errors_name_the_setting(fp32_model: Path, tmp_path: Path) -> Non
 def test_calibration_count_need_not_fill_whole_batches(fp32_model: Path, tmp_path: Path) -> None:
     recipe = QuantizationRecipe(calibration_method="percentile", calibration_samples=19)
     assert quantize(fp32_model, tmp_path / "model_int8.onnx", recipe, images(19, seed=4)).is_file()
+
+
+def conv_output_sides(path: Path) -> list[int]:
+    """The output map side of every Conv of a model, in graph order."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    shapes = {v.name: v.type.tensor_type.shape.dim for v in model.graph.value_info}
+    return [shapes[n.output[0]][-1].dim_value for n in model.graph.node if n.op_type == "Conv"]
+
+
+def test_float_stride_keeps_the_high_resolution_convs_float_with_half_weights(fp32_model: Path, tmp_path: Path) -> None:
+    calibration, test = images(16, seed=0), images(16, seed=1)
+    all_int8 = quantize(fp32_model, tmp_path / "s0.onnx", QuantizationRecipe(float_stride=0), calibration)
+    mixed = quantize(fp32_model, tmp_path / "s4.onnx", QuantizationRecipe(float_stride=4), calibration)
+    assert op_counts(all_int8)["Cast"] == 0
+
+    graph = onnx.load(str(mixed)).graph
+    halves = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
+    casts = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Cast"}
+    float_convs = [n for n in graph.node if n.op_type == "Conv" and n.input[1] in casts]
+    assert all(casts[n.input[1]] in halves for n in float_convs)
+    expected = sum(side >= SIZE // 4 for side in conv_output_sides(fp32_model))  # stride <= 4 at 48x48
+    assert 0 < len(float_convs) == expected < len(conv_output_sides(fp32_model))
+
+    fp32 = load_backend(fp32_model).logits(test)
+    errors = {path.stem: np.abs(load_backend(path).logits(test) - fp32).mean() for path in (all_int8, mixed)}
+    assert errors["s4"] < errors["s0"], errors
+
+
+def test_float_stride_must_not_be_negative() -> None:
+    with pytest.raises(ConfigError, match=r"quantization.float_stride must be 0 \(quantize every layer\) or more"):
+        QuantizationRecipe(float_stride=-1)

@@ -64,7 +64,7 @@ def latency_ms(path: Path, image: np.ndarray, runs: int = 300) -> float:
 
 
 def quantize_variant(fp32: Path, out: Path, calibration: np.ndarray, **options) -> Path:
-    """The `static` recipe of fas/export/quantize.py with some of its settings replaced."""
+    """The `static` recipe of fas/export/quantize.py with float_stride 0 and some settings replaced."""
     prepared = out.with_suffix(".prepared.onnx")
     quant_pre_process(str(fp32), str(prepared))
     settings = {
@@ -109,7 +109,7 @@ def main() -> None:
     onnx.save(equalize_channel_ranges(rewritten, calibration), prelu_kept)
     first_conv = next(n.name for n in onnx.load(str(fp32_path)).graph.node if n.op_type == "Conv")
     variants = {
-        "static recipe (default)": (fp32_path, calibration, {}),
+        "every layer 8-bit (float_stride 0)": (fp32_path, calibration, {}),
         "512 calibration crops": (fp32_path, calibration_images(datamodule, 512), {}),
         "MinMax ranges": (fp32_path, calibration, {"calibrate_method": CalibrationMethod.MinMax}),
         "first Conv kept in FP32": (fp32_path, calibration, {"nodes_to_exclude": [first_conv]}),

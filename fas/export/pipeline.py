@@ -133,7 +133,8 @@ def check_parity(result: ExportResult) -> None:
     if int8 is not None and abs(int8["accuracy_delta_points"]) > INT8_ACCURACY_BUDGET:
         log.warning(
             "INT8 changes test accuracy by %+.2f points against FP32 (budget %.1f; %.1f%% of live/spoof decisions "
-            "agree); try another quantization.calibration_method, more calibration_samples, or quantization=none",
+            "agree); keep more layers float (quantization.float_stride=8), try another quantization.calibration_method "
+            "or more calibration_samples, or use quantization=none",
             int8["accuracy_delta_points"],
             INT8_ACCURACY_BUDGET,
             100 * int8["decision_agreement"],

@@ -6,7 +6,10 @@
   weights, carry the error (16-bit activations with 8-bit weights agree with FP32 on 99.3% of
   live/spoof decisions, plain 8-bit on 96-97%). Four measures bring 8-bit to 98-99%: the 99.999th
   percentile range, channel ranges equalized before quantization (`rewrite.equalize_channel_ranges`),
-  float logits, and the classifier's bias corrected for the mean shift quantization causes.
+  float logits, and the classifier's bias corrected for the mean shift quantization causes. A fifth
+  brings it to 99-99.7%: `float_stride` keeps the high-resolution layers (output at most that many
+  times smaller than the input) in float. They lose the most signal to 8-bit rounding, because its
+  noise is the same high-frequency texture they detect (`experiments/int8_fidelity`).
 - `dynamic`: weights only, activation ranges measured per inference (ConvInteger +
   DynamicQuantizeLinear), as in the published suri-liveness INT8 file; no calibration data, but
   slower than FP32 on CPU (DESIGN.md).
@@ -61,6 +64,7 @@ class QuantizationRecipe:
     calibration_method: str = "percentile"
     calibration_samples: int = 128
     per_channel: bool = True
+    float_stride: int = 4
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -72,6 +76,10 @@ class QuantizationRecipe:
             )
         if self.method == "static" and self.calibration_samples < 1:
             raise ConfigError("quantization.calibration_samples must be at least 1 for static quantization")
+        if self.float_stride < 0:
+            raise ConfigError(
+                f"quantization.float_stride must be 0 (quantize every layer) or more, got {self.float_stride}"
+            )
 
     @property
     def needs_calibration(self) -> bool:
@@ -109,6 +117,7 @@ def quantize(
         raw = Path(tmp) / "int8.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
         if recipe.method == "static":
+            float_nodes = name_nodes_up_to_stride(prepared, recipe.float_stride)
             with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
                 quantize_static(
                     str(prepared),
@@ -119,10 +128,12 @@ def quantize(
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                     calibrate_method=CALIBRATION_METHODS[recipe.calibration_method],
+                    nodes_to_exclude=float_nodes,
                     # the classifier's logits stay float: rounding them to 8 bits flips borderline decisions
                     extra_options={"OpTypesToExcludeOutputQuantization": ["Gemm"]},
                 )
             model = onnx.load(str(raw))
+            store_float_weights_as_half(model)
             correct_output_bias(onnx.load(str(prepared)), model, calibration)
         else:
             quantize_dynamic(str(prepared), str(raw), weight_type=QuantType.QUInt8, per_channel=recipe.per_channel)
@@ -133,6 +144,47 @@ def quantize(
     onnx.checker.check_model(model, full_check=True)
     onnx.save_model(model, int8_path)
     return int8_path
+
+
+def name_nodes_up_to_stride(path: Path, float_stride: int) -> list[str]:
+    """Name every node of the model at `path` (saved back) and return the names of those whose output
+    map is at most `float_stride` times smaller than the input: the high-resolution layers to keep float.
+    """
+    model = onnx.load(str(path))
+    shapes = {v.name: v.type.tensor_type.shape.dim for v in (*model.graph.value_info, *model.graph.output)}
+    input_side = model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value
+    chosen = []
+    for index, node in enumerate(model.graph.node):
+        node.name = node.name or f"node_{index}"
+        dims = shapes.get(node.output[0])
+        side = dims[-1].dim_value if dims is not None and len(dims) == 4 else 0
+        if float_stride and input_side and side and input_side / side <= float_stride:
+            chosen.append(node.name)
+    onnx.save_model(model, str(path))
+    return chosen
+
+
+def store_float_weights_as_half(model: onnx.ModelProto) -> None:
+    """Store the float32 weights of the layers left in float (`float_stride`) as float16, read through a
+    Cast: ONNX Runtime folds the Cast when the session starts, so they run as float32 Convs at full
+    speed, and the file grows by 2 bytes per such weight instead of 4."""
+    constants = {t.name: t for t in model.graph.initializer}
+    for node in list(model.graph.node):
+        if node.op_type != "Conv" or node.input[1] not in constants:
+            continue
+        weight = constants[node.input[1]]
+        values = numpy_helper.to_array(weight)
+        if values.dtype != np.float32 or np.abs(values).max() > np.finfo(np.float16).max:
+            continue
+        half, restored = f"{weight.name}_fp16", f"{weight.name}_fp32"
+        model.graph.initializer.append(numpy_helper.from_array(values.astype(np.float16), half))
+        cast = onnx.helper.make_node("Cast", [half], [restored], to=onnx.TensorProto.FLOAT)
+        model.graph.node.insert(list(model.graph.node).index(node), cast)
+        node.input[1] = restored
+    used = {name for node in model.graph.node for name in node.input}
+    kept = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
 
 
 def mean_outputs(model: onnx.ModelProto, images: np.ndarray) -> np.ndarray:
