@@ -181,10 +181,7 @@ def store_float_weights_as_half(model: onnx.ModelProto) -> None:
         cast = onnx.helper.make_node("Cast", [half], [restored], to=onnx.TensorProto.FLOAT)
         model.graph.node.insert(list(model.graph.node).index(node), cast)
         node.input[1] = restored
-    used = {name for node in model.graph.node for name in node.input}
-    kept = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    drop_unused_initializers(model.graph)
 
 
 def mean_outputs(model: onnx.ModelProto, images: np.ndarray) -> np.ndarray:
@@ -256,6 +253,10 @@ def drop_default_zero_points(graph: onnx.GraphProto) -> None:
         values = numpy_helper.to_array(zero_point)
         if values.dtype in (np.int8, np.int32) and not values.any():
             del node.input[2]
+    drop_unused_initializers(graph)
+
+
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
     used = {name for node in graph.node for name in node.input}
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
