@@ -17,8 +17,8 @@ from fas.convention import ClassScheme
 from fas.data.celeba_spoof import read_split
 from fas.data.datamodule import FaceDataModule
 from fas.export.onnx import read_metadata
-from fas.export.pipeline import ExportError, calibration_images, datamodule_for, export, export_model
-from fas.export.quantize import QuantizationRecipe
+from fas.export.pipeline import ExportError, calibration_images, datamodule_for, export, export_model, labelled_images
+from fas.export.quantize import QuantizationRecipe, quantize
 from fas.inference.backends import load_backend
 from fas.train import train
 
@@ -85,6 +85,19 @@ def test_int8_is_bias_corrected_on_the_calibration_crops(
     fp32_logits, int8_logits = fp32.logits(crops), load_backend(result.int8).logits(crops)
     assert fp32_logits.std(axis=0).min() > 0.05  # a model whose logits vary from crop to crop
     np.testing.assert_allclose(int8_logits.mean(axis=0), fp32_logits.mean(axis=0), atol=0.02)
+
+
+def test_float_stride_brings_int8_closer_to_fp32(ranked_checkpoint: Path, tiny_data: Path, tmp_path: Path) -> None:
+    cfg = compose_config("export", [f"ckpt_path={ranked_checkpoint}", *TINY_DATA, f"data.root={tiny_data}"], tmp_path)
+    result = export(cfg)  # the default recipe: float_stride=4
+    assert result.report["quantization"]["float_stride"] == 4
+    datamodule = datamodule_for(cfg.data, load_backend(result.fp32).info)
+    datamodule.setup()
+    calibration, test = calibration_images(datamodule, 128), labelled_images(datamodule.splits["test"]).images
+    all_int8 = quantize(result.fp32, tmp_path / "all_int8.onnx", QuantizationRecipe(float_stride=0), calibration)
+    fp32 = load_backend(result.fp32).logits(test)
+    errors = {path.name: np.abs(load_backend(path).logits(test) - fp32).mean() for path in (result.int8, all_int8)}
+    assert errors[result.int8.name] < 0.8 * errors[all_int8.name], errors
 
 
 def test_export_without_int8_in_process(trained: tuple[Path, list[str]], tiny_data: Path, tmp_path: Path) -> None:
