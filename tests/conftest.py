@@ -19,6 +19,13 @@ TINY = SyntheticConfig(train_subjects=4, test_subjects=2, images_per_subject=12,
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(autouse=True)
+def seeded_torch() -> None:
+    """Every test starts from the same torch RNG state: torch seeds its default generator at random in
+    each process, so unseeded weight initialisation would change from run to run."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     if not REFERENCE.is_dir():
