@@ -15,12 +15,10 @@ import argparse
 import contextlib
 import io
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from hydra import compose, initialize_config_dir
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.qdq_loss_debug import (
@@ -31,7 +29,8 @@ from onnxruntime.quantization.qdq_loss_debug import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from fas.export.onnx import INPUT_NAME, export_onnx
+from fas.export.onnx import export_onnx
+from fas.export.parity import batched_logits, latency_ms
 from fas.export.pipeline import calibration_images, datamodule_for, labelled_images
 from fas.export.quantize import ArrayReader, correct_output_bias
 from fas.export.rewrite import (
@@ -40,27 +39,10 @@ from fas.export.rewrite import (
     pad_channels,
     reduce_mean_to_global_average_pool,
 )
-from fas.inference.backends import load_backend
+from fas.inference.backends import OnnxBackend, load_backend
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-
-
-def run_onnx(path: Path, images: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run(None, {INPUT_NAME: images[i : i + 64]})[0] for i in range(0, len(images), 64)])
-
-
-def latency_ms(path: Path, image: np.ndarray, runs: int = 300) -> float:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    for _ in range(50):
-        session.run(None, {INPUT_NAME: image})
-    start = time.perf_counter()
-    for _ in range(runs):
-        session.run(None, {INPUT_NAME: image})
-    return (time.perf_counter() - start) / runs * 1000
 
 
 def quantize_variant(fp32: Path, out: Path, calibration: np.ndarray, **options) -> Path:
@@ -98,7 +80,7 @@ def main() -> None:
     datamodule = datamodule_for(cfg.data, fp32.info)
     datamodule.setup()
     test = labelled_images(datamodule.splits["test"])
-    reference = run_onnx(fp32_path, test.images)
+    reference = batched_logits(OnnxBackend(fp32_path), test.images)
     fp32_accuracy = (reference.argmax(1) == test.targets).mean()
     calibration = calibration_images(datamodule, 128)
     work = Path(tempfile.mkdtemp())
@@ -126,12 +108,12 @@ def main() -> None:
     ]
     for name, (source, crops, options) in variants.items():
         int8 = quantize_variant(source, work / f"{len(lines)}.onnx", crops, **options)
-        logits = run_onnx(int8, test.images)
+        logits = batched_logits(OnnxBackend(int8), test.images)
         agreement = (logits.argmax(1) == reference.argmax(1)).mean()
         change = 100 * ((logits.argmax(1) == test.targets).mean() - fp32_accuracy)
         lines.append(
             f"| {name} | {100 * agreement:.2f}% | {change:+.2f} | {np.abs(logits - reference).max():.3f} "
-            f"| {latency_ms(int8, test.images[:1]):.2f} |"
+            f"| {latency_ms(int8, fp32.info.convention.input_size, runs=300):.2f} |"
         )
         print(lines[-1], flush=True)
 
