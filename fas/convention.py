@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 ColorOrder = Literal["rgb", "bgr"]
-CropMode = Literal["shift", "reflect", "none"]
-CROP_MODES = ("shift", "reflect", "none")
+CropMode = Literal["shift", "reflect", "pad", "none"]
+CROP_MODES = ("shift", "reflect", "pad", "none")
 
 
 @dataclass(frozen=True)
@@ -21,8 +21,9 @@ class InputConvention:
     """Image + face box -> model input: crop, resize, colour order and `(pixel * pixel_scale - mean) / std`.
 
     crop_mode: `shift` (Silent-Face: box scaled by crop_scale, shifted inside the frame), `reflect`
-    (suri-liveness: square of max(w, h) * crop_scale, reflect-101 padded, letterboxed) or `none`
-    (Silent-Face `org` models: the whole image resized, the box ignored). See `fas.data.crop`.
+    (suri-liveness: square of max(w, h) * crop_scale, reflect-101 padded, letterboxed), `pad` (hairymax:
+    the same square padded black, letterboxed black) or `none` (Silent-Face `org` models: the whole
+    image resized, the box ignored). See `fas.data.crop`.
     """
 
     input_size: int = 80

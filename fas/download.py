@@ -109,13 +109,15 @@ def copy_url(url: str, destination: BinaryIO) -> None:
 
 
 def check_sha256(path: Path, entry: RegistryEntry) -> None:
-    """Delete and refuse a file whose content is not the registered one."""
+    """Delete and refuse a file whose content is not the registered one (corrupt, changed upstream or
+    modified in the cache): the next `python -m fas.download` then fetches it afresh."""
     found = sha256_of(path)
     if found != entry.sha256:
         path.unlink()
         raise DownloadError(
             f"{path}: sha256 {found} is not the registered {entry.sha256} of {entry.name} "
-            f"(corrupt or changed upstream); the file was deleted, download it again"
+            f"(corrupt, changed upstream or modified); the file was deleted, download it again: "
+            f"python -m fas.download {entry.name}"
         )
 
 
@@ -126,8 +128,10 @@ def resolve_model_file(value: str | Path, cache: Path | None = None) -> Path:
         return path
     registry = read_registry() if REGISTRY_PATH.is_file() else {}
     if str(value) in registry:
-        cached = (cache or cache_dir()) / registry[str(value)].file
+        entry = registry[str(value)]
+        cached = (cache or cache_dir()) / entry.file
         if cached.is_file():
+            check_sha256(cached, entry)  # a file changed in the cache is not the registered model
             return cached
         raise DownloadError(f"{value} is not downloaded yet; run: python -m fas.download {value}")
     hint = f" or one of the registry names ({', '.join(registry)})" if registry else ""
@@ -147,8 +151,16 @@ def main(argv: list[str] | None = None) -> None:
             for entry in registry.values():
                 print(f"{entry.name:26} {entry.kind:9} {entry.architecture:16} {entry.file}  [{entry.licence}]")
             return
+        failed = []
         for name in args.names:
-            print(fetch(name, args.cache, registry))
+            try:
+                print(fetch(name, args.cache, registry))
+            except DownloadError as error:
+                print(f"error: {error}", file=sys.stderr)
+                failed.append(name)
+        if failed:
+            print(f"error: {len(failed)} of {len(args.names)} failed: {', '.join(failed)}", file=sys.stderr)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ def evaluate(cfg: DictConfig) -> ReportFiles:
     check_config(cfg)
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split!r} cannot be evaluated; use split=test or split=val")
-    backends = [load_backend(path, device=cfg.device, threads=cfg.get("threads")) for path in paths]
+    convention = cfg.get("convention")
+    backends = [load_backend(path, cfg.device, cfg.get("threads"), convention) for path in paths]
     for backend, path in zip(backends, paths, strict=True):
         check_model_io(backend, path)
     evaluations = [

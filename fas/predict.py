@@ -43,7 +43,12 @@ def build_predictor(cfg: DictConfig) -> LivenessPredictor:
         cv2.setNumThreads(cfg.threads)
     detector = hydra.utils.instantiate(cfg.detector)
     return LivenessPredictor.from_files(
-        list(cfg.liveness.models), detector, cfg.liveness.threshold, device=cfg.device, threads=cfg.get("threads")
+        list(cfg.liveness.models),
+        detector,
+        cfg.liveness.threshold,
+        device=cfg.device,
+        threads=cfg.get("threads"),
+        convention=cfg.liveness.get("convention"),
     )
 
 
@@ -60,6 +65,9 @@ def predict(cfg: DictConfig) -> Path:
         run_input(cfg.input, predictor, writer, output_dir, cfg.annotate, cfg.get("max_frames"))
     summary = ", ".join(f"{what} {n}" for what, n in writer.counts.items())
     log.info("%s -> %s", summary or "nothing to predict", jsonl)
+    failed = writer.counts["unreadable"]
+    if failed and failed == sum(writer.counts.values()):
+        raise MediaError(f"nothing was predicted: all {failed} input(s) failed, each listed with its error in {jsonl}")
     return jsonl
 
 

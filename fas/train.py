@@ -17,6 +17,7 @@ from fas.data.datamodule import FaceDataModule
 from fas.download import resolve_model_file
 from fas.errors import ConfigError
 from fas.export.callback import OnnxExport
+from fas.loggers import ContinuingCSVLogger
 from fas.models.checkpoint import check_resume_checkpoint
 from fas.models.pretrained import load_pretrained
 from fas.module import LivenessModule
@@ -26,6 +27,7 @@ from fas.sweep import sweep_group  # noqa: F401  registers the resolver that con
 log = logging.getLogger(__name__)
 
 LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
+MIN_INPUT_SIZE = 16
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -40,11 +42,17 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Fail early, in one line, on values the user must set."""
+    """Fail early, in one line, on values the user must set (before any library sees them)."""
     if OmegaConf.is_missing(cfg.data, "root"):
         raise ConfigError(
             "data.root is not set: pass data.root=/path/to/CelebA_Spoof (the folder holding Data/ and metas/), "
             "or use data=synthetic"
+        )
+    size = cfg.data.get("input_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < MIN_INPUT_SIZE):
+        raise ConfigError(
+            f"data.input_size={size!r}: give the model's input side in pixels, an integer of at least "
+            f"{MIN_INPUT_SIZE} (e.g. data.input_size=80 or data.input_size=128)"
         )
 
 
@@ -70,10 +78,10 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
             reinit_classifier=cfg.get("pretrained_reinit_classifier", False),
         )
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and ckpt_path not in LIGHTNING_CKPT_ALIASES:
-        check_resume_checkpoint(model, ckpt_path, cfg.model.backbone)
     callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"))
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
+    if ckpt_path and ckpt_path not in LIGHTNING_CKPT_ALIASES:
+        prepare_resume(ckpt_path, model, loggers, cfg.model.backbone)
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -83,12 +91,34 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         finish_wandb_runs(loggers)
 
 
+def prepare_resume(ckpt_path: str, model: LivenessModule, loggers: list[Logger], backbone: str) -> None:
+    """Check the checkpoint fits the model, note the resume in the run's log, continue its CSV log."""
+    checkpoint = check_resume_checkpoint(model, ckpt_path, backbone)
+    step = int(checkpoint.get("global_step", 0))
+    log.info("Resuming from %s (saved in epoch %s at step %d)", ckpt_path, checkpoint.get("epoch"), step)
+    for logger in loggers:
+        if isinstance(logger, ContinuingCSVLogger):
+            logger.continue_from(step)
+
+
 def fit_test_and_report(
     cfg: DictConfig, trainer: L.Trainer, model: LivenessModule, datamodule: FaceDataModule, ckpt_path: str | None
 ) -> tuple[float | None, dict[str, Any]]:
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    # weights_only: Lightning would otherwise leave the choice to torch's default; a checkpoint must never run code.
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C (SIGINT) into SystemExit(1)
+        log.warning(
+            "Interrupted in epoch %d at step %d. Resume with: python train.py <the same overrides> "
+            "ckpt_path=%s hydra.run.dir=%s",
+            trainer.current_epoch,
+            trainer.global_step,
+            Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt",
+            cfg.paths.output_dir,
+        )
+        raise
     best = best_checkpoint(trainer)
-    trainer.test(model, datamodule=datamodule, ckpt_path=best)
+    trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
     metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     validation = best_validation_score(trainer)
     metrics.update(validation)
@@ -134,7 +164,8 @@ def best_validation_score(trainer: L.Trainer) -> dict[str, float]:
 
 
 def best_checkpoint(trainer: L.Trainer) -> str | None:
-    for callback in trainer.callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.best_model_path:
-            return callback.best_model_path
-    return None
+    """The best checkpoint of the monitoring ModelCheckpoint (or of any, when none monitors a metric)."""
+    checkpoints = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.best_model_path]
+    monitoring = [c for c in checkpoints if c.monitor]
+    chosen = monitoring or checkpoints
+    return chosen[0].best_model_path if chosen else None

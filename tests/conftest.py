@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ REFERENCE = SHARED / "reference"
 TINY = SyntheticConfig(train_subjects=4, test_subjects=2, images_per_subject=12, live_fraction=0.4, seed=3)
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The suite's own fas cache (downloads, image checks): never the user's ~/.cache/fas. Subprocesses inherit it.
+os.environ.setdefault("FAS_CACHE_DIR", tempfile.mkdtemp(prefix="fas-test-cache-"))
 
 
 @pytest.fixture(autouse=True)
@@ -185,6 +188,7 @@ BREAKAGES = [
     ("train", 7, "image = b'not an image'", "cannot decode the image"),
     ("train", 8, "empty image", "empty image file"),
     ("train", 9, "delete image", "image file missing"),
+    ("train", 10, "1x1 image", "is under a pixel or outside the 1x1 image"),
     ("test", 0, "truncate image", "truncated image (no end-of-image marker)"),
     ("test", 1, "delete _BB.txt", "missing _BB.txt"),
 ]
@@ -193,6 +197,9 @@ BREAKAGES = [
 def break_samples(root: Path) -> dict[str, str]:
     """Apply BREAKAGES to a CelebA-Spoof tree; returns {key: reason prepare must report}."""
     import json
+
+    import cv2
+    import numpy as np
 
     broken = {}
     for split, index, action, reason in BREAKAGES:
@@ -212,6 +219,8 @@ def break_samples(root: Path) -> dict[str, str]:
             image.write_bytes(b"")
         elif action == "delete image":
             image.unlink()
+        elif action == "1x1 image":
+            image.write_bytes(cv2.imencode(image.suffix, np.zeros((1, 1, 3), np.uint8))[1].tobytes())
         broken[key] = reason
     return broken
 

@@ -52,8 +52,8 @@ def test_an_incomplete_or_missing_cache_is_refused(prepared_cache: Path, tmp_pat
 
 
 def test_crop_spec_validates() -> None:
-    with pytest.raises(ConfigError, match="crop mode must be one of shift, reflect, none, got 'pad'"):
-        CropSpec(80, 2.7, "pad")
+    with pytest.raises(ConfigError, match="crop mode must be one of shift, reflect, pad, none, got 'padded'"):
+        CropSpec(80, 2.7, "padded")
     with pytest.raises(ConfigError, match="unknown interpolation 'bicubic'; choose one of nearest, linear"):
         CropSpec(80, 2.7, "shift", "bicubic")
 
@@ -62,7 +62,7 @@ def test_the_class_scheme_is_applied_when_reading(prepared_cache: Path, broken_d
     _, broken = broken_data
     every = read_cached_split(prepared_cache, "train", ALL)
     binary = read_cached_split(prepared_cache, "train", BINARY)
-    assert len(every) == 48 - 10
+    assert len(every) == 48 - 11
     assert {s.key for s in binary} == {s.key for s in every if s.spoof_type in (0, 1, 2, 3, 7, 8, 9)}
     assert all(s.target == int(s.spoof_type != 0) for s in every)
     assert not {s.key for s in every} & set(broken)

@@ -15,9 +15,9 @@ from fas.data.crop import (
     is_valid_box,
     letterbox,
     reflect_crop,
-    reflect_square,
     shift_crop,
     shift_crop_box,
+    square_about_box,
     whole_image,
 )
 from fas.errors import ConfigError
@@ -50,14 +50,14 @@ def test_shift_crop_output_size() -> None:
     assert shift_crop(image, (40, 45, 20, 10), 2.0, 80).shape == (80, 80, 3)
 
 
-def test_reflect_square_pads_by_mirroring() -> None:
+def test_square_about_box_pads_by_mirroring() -> None:
     image = np.arange(10 * 10 * 3, dtype=np.uint8).reshape(10, 10, 3)
-    square = reflect_square(image, (-2, 0, 6, 6), 1.0)
+    square = square_about_box(image, (-2, 0, 6, 6), 1.0)
     # Square of side 6 at x in [-2, 4): columns 2, 1 mirrored (reflect-101), then 0..3.
     np.testing.assert_array_equal(square[:, :, 0], image[0:6][:, [2, 1, 0, 1, 2, 3], 0])
 
 
-def test_reflect_square_mirrors_inside_the_visible_part_only() -> None:
+def test_square_about_box_mirrors_inside_the_visible_part_only() -> None:
     # As the original: crop the visible part first, then pad it. Side 4 at x in [-2, 2) sees columns 0, 1
     # only, so the padding mirrors those two (0, 1, 0, 1), not the image's column 2.
     image = np.arange(10 * 10 * 3, dtype=np.uint8).reshape(10, 10, 3)
@@ -84,19 +84,19 @@ def test_is_valid_box() -> None:
     assert not is_valid_box((float("nan"), 10, 5, 5), 100, 100)
 
 
-def test_reflect_square_truncates_corners_toward_zero() -> None:
+def test_square_about_box_truncates_corners_toward_zero() -> None:
     # Box 2x4 at (-0.5, 0), scale 1.5: extent 6, centre (0.5, 2) -> corner (int(-2.5), int(-1.0)) = (-2, -1),
     # truncated toward zero as the original does (floor would give -3).
     image = np.arange(8 * 8, dtype=np.uint8).reshape(8, 8, 1).repeat(3, axis=2)
-    square = reflect_square(image, (-0.5, 0, 2, 4), 1.5)
+    square = square_about_box(image, (-0.5, 0, 2, 4), 1.5)
     assert square.shape == (6, 6, 3)
     # Columns -2..3 with reflect-101: -2 -> 2, -1 -> 1; rows -1..4: -1 -> 1.
     np.testing.assert_array_equal(square[:, :, 0], image[[1, 0, 1, 2, 3, 4]][:, [2, 1, 0, 1, 2, 3], 0])
 
 
-def test_reflect_square_outside_the_image_is_refused() -> None:
+def test_square_about_box_outside_the_image_is_refused() -> None:
     with pytest.raises(ValueError, match="lies outside the 8x8 image"):
-        reflect_square(np.zeros((8, 8, 3), np.uint8), (40, 40, 4, 4), 1.5)
+        square_about_box(np.zeros((8, 8, 3), np.uint8), (40, 40, 4, 4), 1.5)
 
 
 def test_letterbox_pads_the_pixel_lost_to_rounding() -> None:
@@ -145,3 +145,32 @@ def test_interpolation_overrides_the_rule_and_unknown_names_are_refused() -> Non
     )
     with pytest.raises(ConfigError, match="unknown interpolation 'bicubic'"):
         crop_face(image, (40, 45, 20, 10), InputConvention(input_size=16), interpolation="bicubic")
+
+
+def hairymax_pixels(image: np.ndarray, box: tuple[int, int, int, int], size: int = 128) -> np.ndarray:
+    """hairymax/Face-AntiSpoofing's `increased_crop(bbox_inc=1.5)` and `AntiSpoof.preprocessing`, written
+    out as its code does them (box given as x1, y1, x2, y2 there)."""
+    real_h, real_w = image.shape[:2]
+    x, y, w, h = box
+    side = max(w, h)
+    xc, yc = x + w / 2, y + h / 2
+    x, y = int(xc - side * 1.5 / 2), int(yc - side * 1.5 / 2)
+    x1, y1 = max(x, 0), max(y, 0)
+    x2 = real_w if x + side * 1.5 > real_w else x + int(side * 1.5)
+    y2 = real_h if y + side * 1.5 > real_h else y + int(side * 1.5)
+    crop = image[y1:y2, x1:x2]
+    crop = cv2.copyMakeBorder(
+        crop, y1 - y, int(side * 1.5 - y2 + y), x1 - x, int(side * 1.5) - x2 + x, cv2.BORDER_CONSTANT, value=[0, 0, 0]
+    )
+    ratio = size / max(crop.shape[:2])
+    scaled = tuple(int(v * ratio) for v in crop.shape[:2])
+    crop = cv2.resize(crop, (scaled[1], scaled[0]))
+    dh, dw = size - scaled[0], size - scaled[1]
+    return cv2.copyMakeBorder(crop, dh // 2, dh - dh // 2, dw // 2, dw - dw // 2, cv2.BORDER_CONSTANT, value=[0, 0, 0])
+
+
+@pytest.mark.parametrize("box", [(40, 30, 50, 60), (0, 0, 45, 38), (170, 100, 29, 40), (60, 20, 7, 90)])
+def test_pad_crop_reproduces_hairymax_pixels(box: tuple[int, int, int, int]) -> None:
+    image = np.random.default_rng(3).integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    convention = InputConvention(input_size=128, crop_scale=1.5, crop_mode="pad")
+    np.testing.assert_array_equal(crop_face(image, box, convention), hairymax_pixels(image, box))

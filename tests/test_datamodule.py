@@ -145,3 +145,41 @@ def test_only_training_items_are_augmented(tiny_data: Path, tmp_path: Path) -> N
     plain = FaceCropDataset(train.samples, dm.convention)
     assert not torch.equal(train[0]["image"], plain[0]["image"])
     assert train[0]["target"] == plain[0]["target"]
+
+
+def test_undecodable_images_are_found_before_training(broken_data, tmp_path: Path, caplog) -> None:
+    """Every broken file is listed up front (not one per run, mid-epoch); the check is paid once per file."""
+    import csv
+    import logging
+
+    from conftest import BREAKAGES
+
+    root, broken = broken_data
+    train_faults = {key: reason for key, reason in broken.items() if key.startswith("Data/train/")}
+    with pytest.raises(DatasetError, match=rf"{len(train_faults)} unusable sample\(s\) in the train split"):
+        make(root, bad_samples_dir=str(tmp_path / "refused"))
+    make(root, skip_bad_samples=True, bad_samples_dir=str(tmp_path / "first"))
+    with caplog.at_level(logging.INFO):
+        dm = make(root, skip_bad_samples=True, bad_samples_dir=str(tmp_path / "run"))
+    assert "Checking" not in caplog.text  # the runs above decoded every image already
+    listed = list(csv.DictReader((tmp_path / "run" / "bad_samples_train.tsv").open(), delimiter="\t"))
+    assert len(listed) == len(train_faults) == sum(split == "train" for split, *_ in BREAKAGES)
+    for key, reason in train_faults.items():
+        (row,) = [row for row in listed if Path(row["path"]).stem in (Path(key).stem, f"{Path(key).stem}_BB")]
+        assert reason in row["reason"], (key, row)
+    # What is left trains through every batch, also from loader workers.
+    dm.num_workers = 2
+    seen = sum(len(batch["target"]) for batch in dm.train_dataloader())
+    assert seen == len(dm.splits["train"]) - len(dm.splits["train"]) % dm.batch_size
+
+
+def test_an_image_changed_after_its_check_is_checked_again(tiny_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    make(root)
+    image = sorted((root / "Data/train").rglob("*.jpg"))[0]
+    image.write_bytes(image.read_bytes()[:100])
+    with pytest.raises(DatasetError, match=r"truncated image \(no end-of-image marker\)"):
+        make(root)

@@ -53,6 +53,19 @@ def test_several_faces_best_first_and_small_ones_dropped(reference_dir: Path, yu
     assert [face.box[0] < 480 for face in YuNetDetector(yunet_path, min_face_size=80).detect(canvas)] == [True]
 
 
+def test_a_face_too_large_for_yunet_is_found_on_a_smaller_copy(reference_dir: Path, yunet_path: Path, caplog) -> None:
+    image = cv2.imread(str(reference_dir / "images/image_T1.jpg"))
+    (face,) = YuNetDetector(yunet_path).detect(image)
+    large = cv2.resize(image, None, fx=3, fy=3)  # 1440x1920, the face ~500 px
+    assert YuNetDetector(yunet_path, retry_side=None).detect(large) == []
+    with caplog.at_level("INFO"):
+        (found,) = YuNetDetector(yunet_path).detect(large)
+    assert np.abs(np.subtract(found.box, np.multiply(face.box, 3))).max() <= 0.05 * 3 * face.box[3]
+    assert (
+        "1440x1920 image: no face at full size, 1 found on a copy shrunk to 640 px (detector.retry_side)" in caplog.text
+    )
+
+
 def test_no_face(yunet_path: Path) -> None:
     assert YuNetDetector(yunet_path).detect(np.full((480, 640, 3), 90, np.uint8)) == []
 

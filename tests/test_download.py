@@ -103,9 +103,12 @@ def test_resolve_model_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert cache_dir() == tmp_path
     with pytest.raises(DownloadError, match=r"yunet-2023mar is not downloaded yet; run: python -m fas.download"):
         resolve_model_file("yunet-2023mar")
-    (tmp_path / "face_detection_yunet_2023mar.onnx").write_bytes(b"")
-    assert resolve_model_file("yunet-2023mar") == tmp_path / "face_detection_yunet_2023mar.onnx"
-    assert resolve_model_file(tmp_path / "face_detection_yunet_2023mar.onnx").is_file()
+    (tmp_path / "face_detection_yunet_2023mar.onnx").write_bytes(b"")  # in the cache, but not the registered file
+    with pytest.raises(DownloadError, match=r"sha256 .* is not the registered .* of yunet-2023mar"):
+        resolve_model_file("yunet-2023mar")
+    assert not (tmp_path / "face_detection_yunet_2023mar.onnx").exists()
+    (tmp_path / "mine.onnx").write_bytes(b"")
+    assert resolve_model_file(tmp_path / "mine.onnx") == tmp_path / "mine.onnx"  # a path is the user's own file
     with pytest.raises(DownloadError, match=r"nowhere.pth: model file not found; give a path or one of"):
         resolve_model_file("nowhere.pth")
 
@@ -117,5 +120,11 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     main(["tiny", "--registry", str(registry), "--cache", str(tmp_path / "c")])
     assert capsys.readouterr().out.strip() == str(tmp_path / "c" / "weights.bin")
     with pytest.raises(SystemExit) as exited:
-        main(["other", "--registry", str(registry)])
-    assert exited.value.code == 2 and "error: unknown model 'other'" in capsys.readouterr().err
+        main(["other", "tiny", "another", "--registry", str(registry), "--cache", str(tmp_path / "c")])
+    captured = capsys.readouterr()
+    assert exited.value.code == 2 and captured.out.strip() == str(tmp_path / "c" / "weights.bin")  # went on
+    assert captured.err.splitlines() == [
+        "error: unknown model 'other'; the registry has: tiny",
+        "error: unknown model 'another'; the registry has: tiny",
+        "error: 2 of 3 failed: other, another",
+    ]

@@ -217,3 +217,18 @@ def test_published_weights_are_evaluated_side_by_side(reference_dir: Path, tiny_
     assert [m["name"] for m in reported] == [Path(r).name for r in PUBLISHED_WEIGHTS]
     assert [m["convention"]["crop_scale"] for m in reported] == [2.7, 4.0, 1.5]
     assert all(0.0 <= m["metrics"]["auroc"] <= 1.0 for m in reported)
+
+
+def test_peers_onnx_files_are_evaluated_with_a_named_convention(
+    reference_dir: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    """suri-liveness's own ONNX files carry no fas metadata; `convention=suri_liveness` scores them beside its .pth,
+    which records its convention itself (and keeps it)."""
+    suri = reference_dir / "suri-liveness"
+    models = f"[{suri / 'best_model.pth'},{suri / 'best_model.onnx'},{suri / 'best_model_quantized.onnx'}]"
+    overrides = [f"ckpt_path={models}", "convention=suri_liveness", *TINY, f"data.root={tiny_data}"]
+    reported = json.loads(evaluate(compose_evaluate(overrides, tmp_path)).metrics.read_text())["models"]
+    assert [m["name"] for m in reported] == ["best_model.pth", "best_model.onnx", "best_model_quantized.onnx"]
+    assert len({json.dumps(m["convention"], sort_keys=True) for m in reported}) == 1
+    assert reported[1]["metrics"]["auroc"] == pytest.approx(reported[0]["metrics"]["auroc"], abs=1e-6)
+    assert abs(reported[2]["metrics"]["auroc"] - reported[0]["metrics"]["auroc"]) < 0.05  # their dynamic INT8

@@ -112,6 +112,13 @@ def test_bad_inputs_are_user_errors(reference_dir: Path, tmp_path: Path) -> None
     (tmp_path / "empty").mkdir()
     with pytest.raises(MediaError, match="no image files in this folder"):
         run(reference_dir, tmp_path, [models, f"input={tmp_path / 'empty'}"])
+    (tmp_path / "corrupt").mkdir()
+    for name in ("a.jpg", "b.png"):
+        (tmp_path / "corrupt" / name).write_bytes(b"not an image")
+    with pytest.raises(
+        MediaError, match=r"nothing was predicted: all 2 input\(s\) failed, each listed with its error in"
+    ):
+        run(reference_dir, tmp_path / "corrupt_run", [models, f"input={tmp_path / 'corrupt'}"])
 
 
 @pytest.mark.parametrize("liveness", sorted(p.stem for p in (CONFIG_DIR / "liveness").glob("*.yaml")))

@@ -48,7 +48,7 @@ def test_every_broken_sample_is_listed_with_its_reason(
     manifest = json.loads(manifest_path(prepared).read_text())
     assert manifest["complete"] is True
     assert manifest["counts"] == {
-        "train": {"samples": 48 - 10, "skipped": 10},
+        "train": {"samples": 48 - 11, "skipped": 11},
         "test": {"samples": 24 - 2, "skipped": 2},
     }
     assert manifest["crop"] == {"size": 64, "scale": 2.7, "mode": "shift", "interpolation": None}
@@ -75,8 +75,8 @@ def test_rerun_skips_finished_work(prepared: Path, broken_data) -> None:
     root, _ = broken_data
     stamp = {p: p.stat().st_mtime_ns for p in prepared.rglob("*") if p.is_file()}
     summary = prepare(root, prepared, CROP, workers=2, chunk_size=8, progress=False)
-    assert summary.chunks_run == 0 and summary.samples == {"train": 38, "test": 22}
-    assert sum(summary.skipped.values()) == 12
+    assert summary.chunks_run == 0 and summary.samples == {"train": 37, "test": 22}
+    assert sum(summary.skipped.values()) == 13
     assert {p: p.stat().st_mtime_ns for p in prepared.rglob("*") if p.is_file()} == stamp
 
 
@@ -121,11 +121,21 @@ def test_cli_prints_the_count_and_refuses_missing_settings(broken_data, tmp_path
     command = [sys.executable, "-m", "fas.data.prepare", f"root={root}", "crop.size=64", "workers=2", "progress=false"]
     done = subprocess.run([*command, f"output={tmp_path / 'cache'}"], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"60 crops (train 38, test 22); skipped 12 sample(s), listed with their reason in {tmp_path}" in done.stdout
+    assert f"59 crops (train 37, test 22); skipped 13 sample(s), listed with their reason in {tmp_path}" in done.stdout
     missing = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert missing.returncode == 2 and "error: output is not set: python -m fas.data.prepare" in missing.stderr
     assert "Traceback" not in missing.stderr
     assert (REPO_ROOT / "configs" / "prepare.yaml").is_file()
+
+
+def test_a_file_as_root_or_output_is_refused_by_name(broken_data, tmp_path: Path) -> None:
+    root, _ = broken_data
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    with pytest.raises(DatasetError, match=rf"{a_file}: output is a file, not a folder; choose a new or empty folder"):
+        prepare(root, a_file, CropSpec(64), progress=False)
+    with pytest.raises(DatasetError, match=rf"{a_file}: root is a file, not a folder"):
+        prepare(a_file, tmp_path / "cache", CropSpec(64), progress=False)
 
 
 def replicated_tree(source: Path, root: Path, copies: int) -> None:

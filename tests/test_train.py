@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from fas.errors import ConfigError
 from fas.metrics import METRIC_KEYS
 from fas.models import BACKBONES
 from fas.models.checkpoint import CheckpointMismatchError
@@ -134,6 +137,23 @@ def test_cli_missing_data_root(tmp_path: Path) -> None:
     assert "data.root is not set: pass data.root=/path/to/CelebA_Spoof" in line
 
 
+@pytest.mark.parametrize("size", ["abc", "-8", "7", "80.5"])
+def test_invalid_input_size_names_the_key(size: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=rf"data.input_size={size!r}|data.input_size={size}: give the model's input"):
+        train(compose_train([*TINY_RUN, "data.root=unused", f"data.input_size={size}"], tmp_path))
+
+
+def test_cli_input_size_and_root_errors_are_one_line(tmp_path: Path, tiny_data: Path) -> None:
+    line = error_line(run_cli("data.input_size=abc", cwd=tmp_path))
+    assert line == (
+        "error: data.input_size='abc': give the model's input side in pixels, an integer of at least 16 "
+        "(e.g. data.input_size=80 or data.input_size=128)"
+    )
+    a_file = tiny_data / "metas" / "intra_test" / "train_label.json"
+    line = error_line(run_cli("data=celeba_spoof", f"data.root={a_file}", cwd=tmp_path))
+    assert line == f"error: {a_file}: data.root is a file, not a folder; point it at your CelebA-Spoof copy"
+
+
 def test_cli_unknown_backbone(tmp_path: Path, tiny_data: Path) -> None:
     line = error_line(run_cli("data=celeba_spoof", f"data.root={tiny_data}", "model.backbone=resnet50", cwd=tmp_path))
     assert "Unknown backbone 'resnet50'. Choose one of: minifasnet_v1" in line
@@ -157,7 +177,7 @@ def test_cli_wrong_pretrained_checkpoint(tmp_path: Path, tiny_data: Path, refere
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
 def fit(tiny_data: Path, run_dir: Path, *overrides: str) -> dict:
@@ -166,16 +186,61 @@ def fit(tiny_data: Path, run_dir: Path, *overrides: str) -> dict:
     return metrics
 
 
+# Loader workers and learning-rate steps inside the run: what a resumed run must replay exactly.
+RESUMED = ["data.num_workers=2", "model.scheduler.milestones=[1,2]", "trainer.max_epochs=4"]
+
+
+def kill_mid_training(command: list[str], run_dir: Path, signal_number: int) -> subprocess.CompletedProcess:
+    """Start a real `train.py`, let it finish its first epoch (last.ckpt appears), then signal it mid-epoch."""
+    process = subprocess.Popen(command, cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not last.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # into the next epoch
+    process.send_signal(signal_number)
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_weights(tiny_data: Path, tmp_path: Path) -> None:
-    fit(tiny_data, tmp_path / "whole", "trainer.max_epochs=3")
-    fit(tiny_data, tmp_path / "killed", "trainer.max_epochs=1")
-    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
-    fit(tiny_data, tmp_path / "resumed", "trainer.max_epochs=3", f"ckpt_path={last}")
-    whole, resumed = final_weights(tmp_path / "whole"), final_weights(tmp_path / "resumed")
-    assert whole.keys() == resumed.keys()
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_killed_run_resumes_to_the_same_weights(signal_number: int, tiny_data: Path, tmp_path: Path) -> None:
+    fit(tiny_data, tmp_path / "whole", *RESUMED)
+    run_dir = tmp_path / "killed"
+    base = [*TINY_RUN, f"data.root={tiny_data}", "data.input_size=48", "trainer.deterministic=true", "seed=7"]
+    command = [sys.executable, str(REPO_ROOT / "train.py"), *base, *RESUMED, f"hydra.run.dir={run_dir}"]
+    killed = kill_mid_training(command, run_dir, signal_number)
+    assert killed.returncode != 0 and not (run_dir / "report").exists(), killed.stderr[-2000:]
+    stopped_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    total = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < stopped_at < total  # it stopped part way
+
+    resumed = subprocess.run(
+        [*command, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    whole, again = final_weights(tmp_path / "whole"), final_weights(run_dir)
+    assert whole.keys() == again.keys()
     for key in whole:
-        assert torch.equal(whole[key], resumed[key]), key
+        assert torch.equal(whole[key], again[key]), key
+
+    # One log for the whole run: the resumed process continued the CSV (no version_1) and train.log.
+    assert [p.name for p in (run_dir / "csv").iterdir()] == ["version_0"]
+    rows = list(csv.DictReader((run_dir / "csv" / "version_0" / "metrics.csv").open()))
+    expected = list(csv.DictReader((tmp_path / "whole" / "csv" / "version_0" / "metrics.csv").open()))
+    assert len([r for r in rows if r["lr-SGD"]]) == 4  # one learning-rate row per epoch, none twice
+    assert [(r["epoch"], r["step"], r["lr-SGD"]) for r in rows] == [
+        (r["epoch"], r["step"], r["lr-SGD"]) for r in expected
+    ]
+    log_text = (run_dir / "train.log").read_text()
+    assert f"Resuming from {run_dir / 'checkpoints' / 'last.ckpt'} (saved in epoch" in log_text
+    if signal_number == signal.SIGINT:
+        assert "Interrupted in epoch" in log_text and "Resume with: python train.py" in log_text
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from fas.data.crop import letterbox, reflect_square
+from fas.data.crop import letterbox, square_about_box
 from fas.download import read_registry, resolve_model_file
 from fas.export.onnx import export_onnx, read_metadata
 from fas.export.quantize import QuantizationRecipe, quantize
@@ -132,7 +132,7 @@ def suri_pipeline(yunet: Path, model: Path) -> Callable[[np.ndarray], list[str]]
             x, y, w, h = (int(v) for v in row[:4])
             inside = x >= 0 and y >= 0 and x + w <= width and y + h <= height
             if inside and min(x, y, width - x - w, height - y - h) >= 5 and min(w, h) >= 60:
-                crops.append(letterbox(reflect_square(rgb, (x, y, w, h), 1.5), 128))
+                crops.append(letterbox(square_about_box(rgb, (x, y, w, h), 1.5), 128))
         if not crops:
             return []
         batch = np.stack([c.transpose(2, 0, 1).astype(np.float32) / 255.0 for c in crops])

@@ -295,16 +295,22 @@ def crop_sample(
     image = read_image(image_path)
     height, width = image.shape[:2]
     box = bb224_to_pixels(box_224, width, height)
-    if not is_valid_box(box, width, height):
-        x, y, w, h = (round(v, 1) for v in box)
-        raise SampleError(
-            image_path, f"face box x={x} y={y} w={w} h={h} is under a pixel or outside the {width}x{height} image"
-        )
+    problem = box_problem(box, width, height)
+    if problem:
+        raise SampleError(image_path, problem)
     try:
         crop = crop_face(image, box, convention, interpolation)
     except (cv2.error, ValueError) as error:
         raise SampleError(image_path, f"crop failed ({str(error).strip().splitlines()[-1]})") from None
     return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+
+
+def box_problem(box: Box, width: int, height: int) -> str | None:
+    """Why a face box (pixels) cannot be cropped from a width x height image, or None when it can."""
+    if is_valid_box(box, width, height):
+        return None
+    x, y, w, h = (round(v, 1) for v in box)
+    return f"face box x={x} y={y} w={w} h={h} is under a pixel or outside the {width}x{height} image"
 
 
 def truncated(data: bytes) -> bool:

@@ -1,7 +1,8 @@
 """Face crops and their normalisation: image + face box -> model input, for training and inference alike.
 
 Crops follow the published rules (Silent-Face's shifted box or whole image, suri-liveness's
-reflect-padded square with letterbox), each reproducing its original's pixels exactly. A pixel scale
+reflect-padded square with letterbox, hairymax/Face-AntiSpoofing's black-padded one), each
+reproducing its original's pixels exactly. A pixel scale
 of 1/k (k an integer, e.g. 1/255) is applied as a float32 division by k, as the originals do: a
 multiply by the rounded 1/255 would differ from `pixel / 255.0` in the last bit for some pixels.
 
@@ -24,8 +25,8 @@ Box = tuple[float, float, float, float]
 BB_FRAME = 224  # CelebA-Spoof's _BB.txt coordinates refer to the image resized to 224x224
 
 # Resampling of the crop to the output size. None keeps each rule's own: bilinear for the shift crop
-# and the whole image (Silent-Face), area when shrinking and Lanczos when growing for the letterbox
-# of the reflect crop (suri-liveness).
+# and the whole image (Silent-Face) and for the pad crop (hairymax), area when shrinking and Lanczos
+# when growing for the letterbox of the reflect crop (suri-liveness).
 INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,
     "linear": cv2.INTER_LINEAR,
@@ -87,11 +88,11 @@ def shift_crop(
     return cv2.resize(image[y1 : y2 + 1, x1 : x2 + 1], (out_size, out_size), interpolation=flag)
 
 
-def reflect_square(image: np.ndarray, box: Box, scale: float) -> np.ndarray:
-    """suri-liveness's crop: a square of side max(w, h) * scale about the box centre, reflect-101
-    padded where it leaves the image.
+def square_about_box(image: np.ndarray, box: Box, scale: float, border: int = cv2.BORDER_REFLECT_101) -> np.ndarray:
+    """A square of side max(w, h) * scale about the box centre, padded with `border` where it leaves the
+    image: reflect-101 for suri-liveness, black (`cv2.BORDER_CONSTANT`) for hairymax/Face-AntiSpoofing.
 
-    Rounding follows the original exactly: the corner is `int(centre - side / 2)` (truncation toward
+    Rounding follows both originals exactly: the corner is `int(centre - side / 2)` (truncation toward
     zero, so -3.5 -> -3) with the unrounded side, and the side itself is `int(max(w, h) * scale)`.
     """
     x, y, w, h = box
@@ -104,29 +105,41 @@ def reflect_square(image: np.ndarray, box: Box, scale: float) -> np.ndarray:
         raise ValueError(f"the {side}-pixel square about face box {box} lies outside the {width}x{height} image")
     top, left = max(0, -y1), max(0, -x1)
     bottom, right = max(0, y1 + side - height), max(0, x1 + side - width)
-    return cv2.copyMakeBorder(visible, top, bottom, left, right, cv2.BORDER_REFLECT_101)
+    return cv2.copyMakeBorder(visible, top, bottom, left, right, border, value=0)
 
 
-def letterbox(image: np.ndarray, out_size: int, interpolation: str | None = None) -> np.ndarray:
-    """suri-liveness's resize: longer side to out_size (Lanczos when enlarging, area otherwise), the
-    shorter side truncated, the remainder reflect-101 padded (a square input can come out one pixel
-    short from float rounding, and gets that pixel padded, as in the original)."""
+def letterbox(
+    image: np.ndarray, out_size: int, interpolation: str | None = None, border: int = cv2.BORDER_REFLECT_101
+) -> np.ndarray:
+    """Longer side to out_size, the shorter side truncated, the remainder padded with `border`.
+
+    suri-liveness resizes with Lanczos when enlarging and area otherwise and pads reflect-101 (a square
+    input can come out one pixel short from float rounding, and gets that pixel padded, as in the
+    original); hairymax resizes bilinearly and pads black (`border=cv2.BORDER_CONSTANT`).
+    """
     height, width = image.shape[:2]
     ratio = out_size / max(height, width)
     new_height, new_width = int(height * ratio), int(width * ratio)
-    flag = interpolation_flag(interpolation, cv2.INTER_LANCZOS4 if ratio > 1.0 else cv2.INTER_AREA)
-    resized = cv2.resize(image, (new_width, new_height), interpolation=flag)
+    if border == cv2.BORDER_CONSTANT:
+        default = cv2.INTER_LINEAR
+    else:
+        default = cv2.INTER_LANCZOS4 if ratio > 1.0 else cv2.INTER_AREA
+    resized = cv2.resize(image, (new_width, new_height), interpolation=interpolation_flag(interpolation, default))
     pad_h, pad_w = out_size - new_height, out_size - new_width
-    return cv2.copyMakeBorder(
-        resized, pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2, cv2.BORDER_REFLECT_101
-    )
+    return cv2.copyMakeBorder(resized, pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2, border, value=0)
 
 
 def reflect_crop(
     image: np.ndarray, box: Box, scale: float, out_size: int, interpolation: str | None = None
 ) -> np.ndarray:
-    """suri-liveness's whole preprocessing up to pixels: `reflect_square` then `letterbox`."""
-    return letterbox(reflect_square(image, box, scale), out_size, interpolation)
+    """suri-liveness's whole preprocessing up to pixels: the reflect-padded square, then `letterbox`."""
+    return letterbox(square_about_box(image, box, scale), out_size, interpolation)
+
+
+def pad_crop(image: np.ndarray, box: Box, scale: float, out_size: int, interpolation: str | None = None) -> np.ndarray:
+    """hairymax/Face-AntiSpoofing's preprocessing: the black-padded square, then a bilinear black letterbox."""
+    square = square_about_box(image, box, scale, cv2.BORDER_CONSTANT)
+    return letterbox(square, out_size, interpolation, cv2.BORDER_CONSTANT)
 
 
 def whole_image(image: np.ndarray, out_size: int, interpolation: str | None = None) -> np.ndarray:
@@ -143,6 +156,8 @@ def crop_face(image: np.ndarray, box: Box, convention: InputConvention, interpol
         return shift_crop(image, box, convention.crop_scale, convention.input_size, interpolation)
     if convention.crop_mode == "reflect":
         return reflect_crop(image, box, convention.crop_scale, convention.input_size, interpolation)
+    if convention.crop_mode == "pad":
+        return pad_crop(image, box, convention.crop_scale, convention.input_size, interpolation)
     return whole_image(image, convention.input_size, interpolation)
 
 

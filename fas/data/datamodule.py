@@ -15,9 +15,19 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fas.convention import ClassScheme, InputConvention
 from fas.data.cache import CropSpec, images_path, open_cache, read_cached_split, skipped_path
-from fas.data.celeba_spoof import DEFAULT_PROTOCOL, BadSample, DatasetError, Sample, crop_sample, read_split
-from fas.data.crop import normalize
+from fas.data.celeba_spoof import (
+    DEFAULT_PROTOCOL,
+    BadSample,
+    DatasetError,
+    Sample,
+    box_problem,
+    crop_sample,
+    read_split,
+)
+from fas.data.crop import bb224_to_pixels, normalize
+from fas.data.image_check import check_images
 from fas.data.synthetic import SyntheticConfig, generate
+from fas.download import cache_dir
 from fas.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -133,14 +143,17 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
 
     Lightning calls `set_epoch` every epoch, so a run resumed from a checkpoint replays exactly the
     order and augmentations an uninterrupted run would have seen, with any number of loader workers.
+    It starts at `epoch`: Lightning creates the first iterator before its first `set_epoch`, and loader
+    workers prefetch from it at once, so a sampler created at epoch 0 would feed a resumed run the
+    first batches (with persistent workers, the whole first epoch) in epoch 0's order.
     Under torch.distributed each rank takes every world-size-th pair of the same permutation (padded
     to equal length), which is why `trainer=ddp` sets `use_distributed_sampler: false`.
     """
 
-    def __init__(self, size: int, seed: int) -> None:
+    def __init__(self, size: int, seed: int, epoch: int = 0) -> None:
         self.size = size
         self.seed = seed
-        self.epoch = 0
+        self.epoch = epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -207,6 +220,7 @@ class FaceDataModule(L.LightningDataModule):
         split_seed: int = 0,
         seed: int = 0,
         skip_bad_samples: bool = False,
+        check_images: bool = True,
         bad_samples_dir: str | None = None,
         train_transform: Transform | None = None,
         synthetic: dict[str, Any] | None = None,
@@ -239,6 +253,7 @@ class FaceDataModule(L.LightningDataModule):
         self.split_seed = split_seed
         self.seed = seed
         self.skip_bad_samples = skip_bad_samples
+        self.check_images = check_images
         self.bad_samples_dir = Path(bad_samples_dir) if bad_samples_dir else None
         self.train_transform = train_transform
         self.synthetic = SyntheticConfig(**synthetic) if synthetic is not None else None
@@ -249,6 +264,8 @@ class FaceDataModule(L.LightningDataModule):
             open_cache(self.cache, self.crop, self.protocol)
         elif self.synthetic is not None:
             generate(self.root, self.synthetic)
+        elif self.root.exists() and not self.root.is_dir():
+            raise DatasetError(f"{self.root}: data.root is a file, not a folder; point it at your CelebA-Spoof copy")
         elif not self.root.is_dir():
             raise DatasetError(f"{self.root}: data.root does not exist; point it at your CelebA-Spoof copy")
 
@@ -286,6 +303,9 @@ class FaceDataModule(L.LightningDataModule):
                 )
         else:
             samples, bad = read_split(self.root, split, self.class_scheme, self.protocol)
+            if self.check_images:
+                samples, undecodable = self._decodable(samples)
+                bad += undecodable
             if bad:
                 self._handle_bad(split, bad)
         if not samples:
@@ -297,6 +317,21 @@ class FaceDataModule(L.LightningDataModule):
         if len(targets) < 2:
             log.warning("%s split holds only class(es) %s of %s", split, sorted(targets), self.class_scheme.class_names)
         return samples
+
+    def _decodable(self, samples: list[Sample]) -> tuple[list[Sample], list[BadSample]]:
+        """Split samples into those whose image decodes and holds the face box, and the others with why."""
+        checks = check_images([s.image_path for s in samples], self.root, cache_dir(), max(1, self.num_workers))
+        kept, bad = [], []
+        for sample in samples:
+            check = checks[sample.image_path]
+            problem = check.reason or box_problem(
+                bb224_to_pixels(sample.box_224, check.width, check.height), check.width, check.height
+            )
+            if problem:
+                bad.append(BadSample(sample.image_path, problem))
+            else:
+                kept.append(sample)
+        return kept, bad
 
     def _handle_bad(self, split: str, bad: list[BadSample]) -> None:
         listing = "\n".join(f"{b.path}\t{b.reason}" for b in bad)
@@ -328,7 +363,10 @@ class FaceDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", EpochSeededSampler(len(self.splits["train"]), self.seed))
+        # The epoch Lightning will pass to set_epoch (on a resumed run, `current_epoch` still counts the
+        # restored epoch as unfinished while it is being set up).
+        epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+        return self._loader("train", EpochSeededSampler(len(self.splits["train"]), self.seed, epoch))
 
     def val_dataloader(self) -> DataLoader:
         """The whole validation split, on every rank: exact metrics, no padding duplicates."""

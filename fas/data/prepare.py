@@ -105,7 +105,10 @@ def prepare(
     """Crop every labelled sample of `splits` into the cache at `output`; resume or skip finished work."""
     root, output = Path(root).resolve(), Path(output).resolve()
     if not root.is_dir():
-        raise DatasetError(f"{root}: root does not exist; point root= at your CelebA-Spoof copy")
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DatasetError(f"{root}: root {what}; point root= at your CelebA-Spoof copy")
+    if output.exists() and not output.is_dir():
+        raise DatasetError(f"{output}: output is a file, not a folder; choose a new or empty folder for the cache")
     label_files = {split: protocol_label_file(root, split, protocol) for split in splits}
     rows = {split: count_rows(path) for split, path in label_files.items()}
     hashes = {split: sha256(path) for split, path in label_files.items()}

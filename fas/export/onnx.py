@@ -23,6 +23,7 @@ from torch import nn
 
 from fas.convention import ClassScheme, InputConvention, ModelInfo
 from fas.errors import FasError
+from fas.models.pretrained import CONVENTIONS
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 OPSET = 18
@@ -38,6 +39,10 @@ EXPORTER_LOGGERS = {
 
 class OnnxMetadataError(FasError, ValueError):
     """The ONNX file lacks the metadata fas needs to preprocess its input."""
+
+
+class OnnxFileError(FasError, ValueError):
+    """The file is not a self-contained ONNX model."""
 
 
 def export_onnx(backbone: nn.Module, info: ModelInfo, path: str | Path, opset: int = OPSET) -> Path:
@@ -98,21 +103,54 @@ def write_metadata(proto: onnx.ModelProto, info: ModelInfo) -> None:
         proto.metadata_props.add(key=key, value=value)
 
 
-def read_metadata(source: str | Path | onnx.ModelProto) -> ModelInfo:
-    """Read the fas metadata of an ONNX file (or proto); a clear error when it is not a fas export."""
-    proto = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source), load_external_data=False)
-    props = {p.key: p.value for p in proto.metadata_props}
-    if "fas.convention" not in props or "fas.class_scheme" not in props:
-        name = "the model" if isinstance(source, onnx.ModelProto) else str(source)
-        raise OnnxMetadataError(
-            f"{name} has no fas input-convention metadata; export it with `python export.py` "
-            "(or import a published model) so its preprocessing is known"
+def read_onnx(path: str | Path) -> onnx.ModelProto:
+    """Load an ONNX file that is self-contained; one clear line when it is not ONNX or is broken.
+
+    Tensors stored in external files are refused rather than followed: a model file handed to fas must
+    not make it read other files (a path in it could point anywhere on the machine).
+    """
+    path = Path(path)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError for a non-ONNX or cut file, OSError, ...
+        first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
+        raise OnnxFileError(
+            f"{path}: not an ONNX model, or a truncated or corrupt one ({first_line}); export or copy it again"
+        ) from None
+    if not proto.graph.node or not proto.graph.input:
+        raise OnnxFileError(f"{path}: not an ONNX model (no graph); export or copy it again")
+    external = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise OnnxFileError(
+            f"{path}: keeps {len(external)} tensor(s) in external data files (e.g. {external[0]}); fas loads only "
+            "self-contained ONNX files: save it with onnx.save_model(model, path, save_as_external_data=False)"
         )
-    class_scheme = json.loads(props["fas.class_scheme"])
-    class_scheme["spoof_type_classes"] = {int(k): v for k, v in class_scheme["spoof_type_classes"].items()}
-    return ModelInfo(
-        convention=InputConvention.from_dict(json.loads(props["fas.convention"])),
-        class_scheme=ClassScheme.from_dict(class_scheme),
-        backbone=props.get("fas.backbone", "unknown"),
-        config=json.loads(props["fas.config"]) if "fas.config" in props else None,
-    )
+    return proto
+
+
+def has_metadata(proto: onnx.ModelProto) -> bool:
+    return {"fas.convention", "fas.class_scheme"} <= {p.key for p in proto.metadata_props}
+
+
+def read_metadata(source: str | Path | onnx.ModelProto, name: str | Path | None = None) -> ModelInfo:
+    """Read the fas metadata of an ONNX file (or proto); a clear error when it is not a fas export."""
+    proto = source if isinstance(source, onnx.ModelProto) else read_onnx(source)
+    name = name or ("the model" if isinstance(source, onnx.ModelProto) else str(source))
+    props = {p.key: p.value for p in proto.metadata_props}
+    if not has_metadata(proto):
+        raise OnnxMetadataError(
+            f"{name} has no fas input-convention metadata; name the convention it was trained with "
+            f"(convention=<{'|'.join(CONVENTIONS)}>), or export it with `python export.py` so its preprocessing "
+            "is recorded"
+        )
+    try:
+        class_scheme = json.loads(props["fas.class_scheme"])
+        class_scheme["spoof_type_classes"] = {int(k): v for k, v in class_scheme["spoof_type_classes"].items()}
+        return ModelInfo(
+            convention=InputConvention.from_dict(json.loads(props["fas.convention"])),
+            class_scheme=ClassScheme.from_dict(class_scheme),
+            backbone=props.get("fas.backbone", "unknown"),
+            config=json.loads(props["fas.config"]) if "fas.config" in props else None,
+        )
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise OnnxMetadataError(f"{name}: its fas metadata is malformed ({error}); export it again") from None

@@ -70,10 +70,14 @@ def export_model(
     recipe: QuantizationRecipe,
     datamodule: FaceDataModule,
     optimize: bool = True,
+    convention: str | None = None,
 ) -> ExportResult:
-    """Export `model_path` into `output_dir` and measure the files against the PyTorch model."""
+    """Export `model_path` into `output_dir` and measure the files against the PyTorch model.
+
+    `convention` names the input convention of a weights file that records none (see `load_backend`).
+    """
     start = time.perf_counter()
-    backend = load_backend(model_path)
+    backend = load_backend(model_path, convention=convention)
     if not isinstance(backend, TorchBackend):
         raise ExportError(f"{model_path}: export needs a PyTorch model (a .ckpt), not an ONNX file")
     check_data_fits(backend.info, datamodule, model_path)
@@ -177,10 +181,10 @@ def datamodule_for(data_cfg: DictConfig, info: ModelInfo) -> FaceDataModule:
 
 def export(cfg: DictConfig) -> ExportResult:
     """`python export.py ckpt_path=...`: the datamodule follows the checkpoint's convention."""
-    info = load_backend(cfg.ckpt_path).info
+    convention = cfg.get("convention")
+    info = load_backend(cfg.ckpt_path, convention=convention).info
     recipe: QuantizationRecipe = hydra.utils.instantiate(cfg.quantization)
-    result = export_model(
-        cfg.ckpt_path, Path(cfg.paths.output_dir) / "export", recipe, datamodule_for(cfg.data, info), cfg.optimize
-    )
+    output_dir = Path(cfg.paths.output_dir) / "export"
+    result = export_model(cfg.ckpt_path, output_dir, recipe, datamodule_for(cfg.data, info), cfg.optimize, convention)
     log.info("Exported %s", result.summary())
     return result

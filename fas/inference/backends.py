@@ -9,16 +9,17 @@ preprocess for it and how to read its output.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
 from fas.convention import ModelInfo
-from fas.export.onnx import INPUT_NAME, read_metadata
-from fas.models.checkpoint import CheckpointMismatchError, read_checkpoint
-from fas.models.pretrained import import_published
+from fas.export.onnx import OnnxFileError, has_metadata, read_metadata, read_onnx
+from fas.models.checkpoint import CheckpointMismatchError, first_line, read_checkpoint
+from fas.models.pretrained import import_published, published_convention
 
 
 class Backend(Protocol):
@@ -36,24 +37,35 @@ class TorchBackend:
         self.device = device
 
     @classmethod
-    def from_lightning_checkpoint(cls, path: str | Path, device: str = "cpu") -> TorchBackend:
+    def from_lightning_checkpoint(
+        cls, path: str | Path, device: str = "cpu", checkpoint: dict[str, Any] | None = None
+    ) -> TorchBackend:
+        """The backbone of a fas Lightning checkpoint, read safely (`read_checkpoint`) and rebuilt from its
+        recorded hyperparameters, so nothing in the file but tensors and plain values is ever loaded."""
         from fas.module import LivenessModule
 
+        checkpoint = checkpoint if checkpoint is not None else read_checkpoint(path)
+        if not is_lightning_checkpoint(checkpoint):
+            raise CheckpointMismatchError(
+                f"{path}: not a fas Lightning checkpoint (no state_dict and hyper_parameters)"
+            )
         try:
-            module = LivenessModule.load_from_checkpoint(path, map_location=device, weights_only=False)
-        except (KeyError, TypeError) as error:
-            raise CheckpointMismatchError(f"{path} is not a fas Lightning checkpoint ({error})") from None
+            module = LivenessModule(**checkpoint["hyper_parameters"])
+            module.load_state_dict(checkpoint["state_dict"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise CheckpointMismatchError(f"{path}: not a fas Lightning checkpoint ({first_line(error)})") from None
+        module.on_load_checkpoint(checkpoint)
         settings = {k: v for k, v in module.hparams.items() if isinstance(v, bool | int | float | str)}
         info = ModelInfo(module.convention, module.class_scheme, module.hparams.backbone, settings)
         return cls(module.backbone.to(memory_format=torch.contiguous_format), info, device)
 
     @classmethod
-    def from_weights_file(cls, path: str | Path, device: str = "cpu") -> TorchBackend:
-        """A published Silent-Face or suri-liveness file (or a Lightning checkpoint under another suffix)."""
+    def from_weights_file(cls, path: str | Path, device: str = "cpu", convention: str | None = None) -> TorchBackend:
+        """A fas Lightning checkpoint, or a published MiniFASNet file (see `import_published`)."""
         checkpoint = read_checkpoint(path)
         if is_lightning_checkpoint(checkpoint):
-            return cls.from_lightning_checkpoint(path, device)
-        model, info = import_published(path, checkpoint)
+            return cls.from_lightning_checkpoint(path, device, checkpoint)
+        model, info = import_published(path, checkpoint, convention)
         return cls(model, info, device)
 
     @torch.no_grad()
@@ -62,33 +74,65 @@ class TorchBackend:
 
 
 class OnnxBackend:
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    """An ONNX file on ONNX Runtime (CPU). A fas export says its convention in its metadata; a file made
+    elsewhere (suri-liveness's, uniface's) takes the named `convention`, its size and class count read
+    from the graph. A graph that ends in Softmax gives probabilities; their log serves as logits (the
+    softmax of log p is p again), so every metric and fusion reads it as it reads logits."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, convention: str | None = None) -> None:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.info = read_metadata(path)
+        proto = read_onnx(path)
+        if has_metadata(proto) or convention is None:
+            self.info = read_metadata(proto, path)
+        else:
+            self.info = foreign_onnx_info(proto, path, convention)
+        self.outputs_probabilities = proto.graph.node[-1].op_type == "Softmax"
+        try:
+            self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # ORT's Fail / InvalidGraph / NotImplemented for a broken or exotic graph
+            raise OnnxFileError(f"{path}: ONNX Runtime cannot run it ({first_line(error)})") from None
+        self.input_name = self.session.get_inputs()[0].name
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        output = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return np.log(np.maximum(output, 1e-30)) if self.outputs_probabilities else output
+
+
+def foreign_onnx_info(proto: onnx.ModelProto, path: str | Path, convention: str) -> ModelInfo:
+    """The `ModelInfo` of an ONNX file without fas metadata, from a named published convention."""
+    (graph_input,) = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    dims = [d.dim_value or None for d in graph_input.type.tensor_type.shape.dim]
+    if len(dims) != 4 or dims[1] not in (3, None):
+        raise OnnxFileError(f"{path}: input {graph_input.name} has shape {dims}; fas feeds (N, 3, S, S) images")
+    classes = [d.dim_value or None for d in proto.graph.output[0].type.tensor_type.shape.dim]
+    if len(classes) != 2 or classes[1] is None:
+        raise OnnxFileError(f"{path}: output {proto.graph.output[0].name} has shape {classes}; fas reads (N, classes)")
+    published = published_convention(convention)
+    size = dims[2] or published.default_size
+    input_convention, scheme = published.resolve(convention, size, classes[1], path)
+    return ModelInfo(input_convention, scheme, "unknown", {"imported_from": Path(path).name, "source": convention})
 
 
 def is_lightning_checkpoint(checkpoint: dict) -> bool:
     return "state_dict" in checkpoint and "hyper_parameters" in checkpoint
 
 
-def load_backend(path: str | Path, device: str = "cpu", threads: int | None = None) -> Backend:
-    """A backend for an `.onnx` export, a `.ckpt` (Lightning) or published weights (`.pth`, `.pt`).
+def load_backend(
+    path: str | Path, device: str = "cpu", threads: int | None = None, convention: str | None = None
+) -> Backend:
+    """A backend for an `.onnx` export, a Lightning checkpoint or published weights (`.pth`, `.pt`, ...).
 
-    The kind of a weights file is told from its content: a Lightning checkpoint, suri-liveness's dict
-    with `model_state_dict`, or Silent-Face's bare state_dict (whose name carries its crop).
+    The kind of a weights file is told from its content, never its suffix: a Lightning checkpoint,
+    suri-liveness's dict with `model_state_dict`, a Silent-Face or hairymax file (whose name carries its
+    crop). `convention` (a `fas.models.pretrained.CONVENTIONS` name) is used only by files that record
+    no convention of their own: plain state_dicts and ONNX files made outside fas.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointMismatchError(f"{path}: model file not found; check the path")
     if path.suffix == ".onnx":
-        return OnnxBackend(path, threads)
-    if path.suffix == ".ckpt":
-        return TorchBackend.from_lightning_checkpoint(path, device)
-    return TorchBackend.from_weights_file(path, device)
+        return OnnxBackend(path, threads, convention)
+    return TorchBackend.from_weights_file(path, device, convention)

@@ -7,6 +7,7 @@ suri-liveness uses, and on the reference images it leads Silent-Face's models to
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -16,6 +17,8 @@ import numpy as np
 
 from fas.download import resolve_model_file
 from fas.errors import FasError
+
+log = logging.getLogger(__name__)
 
 
 class DetectorError(FasError, RuntimeError):
@@ -44,6 +47,9 @@ class YuNetDetector:
     boxes it then reproduces exactly). Faces narrower or shorter than `min_face_size` are dropped.
     `max_side` detects on a copy shrunk to that longer side (boxes mapped back to the full image): at
     640x480, detection is most of a frame's time and 320 roughly quarters it, at the cost of the smallest faces.
+    YuNet's anchors stop at faces of a few hundred pixels, so on a large photo (an 8000x8000 scan, a
+    48 MP phone picture) a face filling the frame is not found: when the first pass finds nothing on an
+    image larger than `retry_side`, it detects again on a copy shrunk to `retry_side` and logs it.
     """
 
     def __init__(
@@ -55,6 +61,7 @@ class YuNetDetector:
         min_face_size: int = 0,
         color_order: Literal["bgr", "rgb"] = "bgr",
         max_side: int | None = None,
+        retry_side: int | None = 640,
     ) -> None:
         if color_order not in ("bgr", "rgb"):
             raise DetectorError(f"detector color_order must be 'bgr' or 'rgb', got {color_order!r}")
@@ -67,12 +74,31 @@ class YuNetDetector:
         self.min_face_size = min_face_size
         self.color_order = color_order
         self.max_side = max_side
+        self.retry_side = retry_side
 
     def detect(self, image_bgr: np.ndarray) -> list[Face]:
         image = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB) if self.color_order == "rgb" else image_bgr
+        faces = self._detect_at(image, self.max_side)
+        longest = max(image.shape[:2])
+        if not faces and self.retry_side and longest > max(self.retry_side, self.max_side or 0):
+            faces = self._detect_at(image, self.retry_side)
+            if faces:
+                height, width = image.shape[:2]
+                log.info(
+                    "%dx%d image: no face at %s, %d found on a copy shrunk to %d px (detector.retry_side)",
+                    width,
+                    height,
+                    f"{self.max_side} px" if self.max_side and longest > self.max_side else "full size",
+                    len(faces),
+                    self.retry_side,
+                )
+        return faces
+
+    def _detect_at(self, image: np.ndarray, side: int | None) -> list[Face]:
+        """Faces found on `image` shrunk to a longer side of `side` (None: as it is), in its pixels."""
         scale = 1.0
-        if self.max_side and max(image.shape[:2]) > self.max_side:
-            scale = self.max_side / max(image.shape[:2])
+        if side and max(image.shape[:2]) > side:
+            scale = side / max(image.shape[:2])
             image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         height, width = image.shape[:2]
         self.detector.setInputSize((width, height))

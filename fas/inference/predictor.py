@@ -93,14 +93,16 @@ class LivenessPredictor:
         threshold: float | None = None,
         device: str = "cpu",
         threads: int | None = None,
+        convention: str | None = None,
     ) -> LivenessPredictor:
-        """Models from paths or registry names (`models/registry.yaml`), named by what was given."""
+        """Models from paths or registry names (`models/registry.yaml`), named by what was given;
+        `convention` serves the files that record none (see `load_backend`)."""
         models: dict[str, Backend] = {}
         for value in model_files:
             name = Path(str(value)).name
             if name in models:
                 name = str(value)
-            models[name] = load_backend(resolve_model_file(value), device=device, threads=threads)
+            models[name] = load_backend(resolve_model_file(value), device, threads, convention)
         return cls(models, detector, threshold)
 
     def predict(self, image_bgr: np.ndarray) -> list[FacePrediction]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,13 @@ log = logging.getLogger(__name__)
 
 PREFIXES = ("module.", "model.", "backbone.")
 FT_HEAD_PREFIXES = ("FTGenerator.", "ft_head.")
+RENAMED_CLASSIFIER = "logits."  # suri-liveness's training scripts call MiniFASNet's `prob` layer `logits`
 CLASSIFIER_PREFIXES = ("prob.", "classifier.")  # the final Linear of MiniFASNet / MobileNetV4
+UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # torch names the object a refused pickle asks for
+UNPICKLER_REASON = re.compile(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", re.DOTALL)  # after torch's advice
+NOT_A_CHECKPOINT = (
+    "not a PyTorch checkpoint, or a truncated or corrupt one; copy or download it again, or check the path"
+)
 
 
 class CheckpointMismatchError(FasError, ValueError):
@@ -30,47 +38,69 @@ class CheckpointMismatchError(FasError, ValueError):
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file onto the CPU, with a clear error if it is missing or not a checkpoint.
+    """Load any checkpoint or weights file onto the CPU without running code from it.
 
-    Only our Lightning checkpoints (`.ckpt`) are unpickled in full; any other file (published `.pth`
-    weights from the internet) is read with `weights_only=True`, which cannot run code hidden in it.
+    Every file, our own Lightning `.ckpt` included, is read with `torch.load(weights_only=True)`:
+    tensors, dicts, lists, strings and numbers, which is all fas writes into its checkpoints. A pickle
+    that needs anything else (a class, a function: what a malicious `__reduce__` uses) is refused in
+    one line that names the file and the object it asked for; so is a file that is not a checkpoint.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointMismatchError(f"{path}: checkpoint not found; check the path")
-    trusted = path.suffix == ".ckpt"
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trusted)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" from the safe unpickler
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if trusted:
-            raise CheckpointMismatchError(f"{path}: not a PyTorch checkpoint ({error})") from None
+        needed = UNSAFE_GLOBAL.search(str(error))
+        if needed:
+            raise CheckpointMismatchError(
+                f"{path}: refused, it asks to load the Python object {needed.group(1)}, and unpickling objects can "
+                "run code hidden in the file; fas loads only tensors and plain values. If you trust its origin, "
+                "save its weights alone (the state_dict) from the code that made it"
+            ) from None
+        reason = UNPICKLER_REASON.search(str(error))
+        detail = reason.group(1).strip() if reason else first_line(error)
+        raise CheckpointMismatchError(f"{path}: {NOT_A_CHECKPOINT} ({detail})") from None
+    except Exception as error:  # a cut or corrupt zip archive, an empty file, ...
+        raise CheckpointMismatchError(f"{path}: {NOT_A_CHECKPOINT} ({first_line(error)})") from None
+    if not isinstance(checkpoint, dict):
         raise CheckpointMismatchError(
-            f"{path}: holds Python objects besides weights, which fas does not unpickle from files other than "
-            "its own .ckpt; if this is a fas Lightning checkpoint, give it the .ckpt suffix"
-        ) from None
-    except Exception as error:
-        raise CheckpointMismatchError(f"{path}: not a PyTorch checkpoint ({type(error).__name__}: {error})") from None
+            f"{path}: holds a {type(checkpoint).__name__}, not a dict of weights; fas reads state_dicts and checkpoints"
+        )
+    return checkpoint
+
+
+def first_line(error: BaseException) -> str:
+    """The gist of a library error: its first non-empty line, without the advice that follows."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    return text.split(". This is")[0].split(". If you")[0]
 
 
 def backbone_state_dict(checkpoint: dict[str, Any]) -> dict[str, Tensor]:
-    """The backbone weights of any supported checkpoint layout, prefixes stripped, FT head dropped."""
+    """The backbone weights of any supported checkpoint layout: wrapper prefixes stripped (also stacked,
+    as hairymax's `module.model.`), Fourier-head keys dropped, suri-liveness's training name of the
+    classifier (`logits`) mapped to the original's (`prob`)."""
     state = checkpoint.get("state_dict") or checkpoint.get("model_state_dict") or checkpoint
     cleaned: dict[str, Tensor] = {}
     for key, value in state.items():
-        if not isinstance(value, Tensor) or key.startswith(FT_HEAD_PREFIXES):
+        if not isinstance(value, Tensor):
             continue
-        for prefix in PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
-                break
-        if not key.startswith(FT_HEAD_PREFIXES):
-            cleaned[key] = value
+        while key.startswith(PREFIXES):
+            key = key.split(".", 1)[1]
+        if key.startswith(FT_HEAD_PREFIXES):
+            continue
+        if key.startswith(RENAMED_CLASSIFIER):
+            key = "prob." + key[len(RENAMED_CLASSIFIER) :]
+        cleaned[key] = value
     return cleaned
 
 
 def describe_state_dict(state: dict[str, Tensor]) -> dict[str, Any]:
     """Guess backbone name, input size and class count from MiniFASNet / MobileNetV4 weights."""
-    if "conv_6_dw.conv.weight" in state:
+    if "conv_6_dw.conv.weight" in state and "conv_3.model.1.conv.conv.weight" in state and "prob.weight" in state:
         se = any(".se_module." in key for key in state)
         version = "v1" if state["conv_3.model.1.conv.conv.weight"].shape[0] == 26 else "v2"
         kernel = state["conv_6_dw.conv.weight"].shape[-1]
@@ -127,8 +157,8 @@ def load_backbone_weights(
     backbone.load_state_dict(state)
 
 
-def check_resume_checkpoint(module: nn.Module, path: str | Path, expected_name: str) -> None:
-    """Before `trainer.fit(ckpt_path=...)`: the Lightning checkpoint must hold this very model."""
+def check_resume_checkpoint(module: nn.Module, path: str | Path, expected_name: str) -> dict[str, Any]:
+    """Before `trainer.fit(ckpt_path=...)`: the Lightning checkpoint must hold this very model. Returns it."""
     checkpoint = read_checkpoint(path)
     if "state_dict" not in checkpoint:
         raise CheckpointMismatchError(
@@ -141,6 +171,7 @@ def check_resume_checkpoint(module: nn.Module, path: str | Path, expected_name: 
         raise CheckpointMismatchError(
             f"{path} was trained {'with' if has_head else 'without'} the Fourier head; resume it with {setting}"
         )
+    return checkpoint
 
 
 def mismatch_message(

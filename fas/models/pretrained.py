@@ -6,10 +6,17 @@ with (DESIGN.md), and initialising a backbone from any weights file for fine-tun
   (scale 4.0, shift 0, 0); scale `org` means no crop (the whole image resized). BGR float 0..255,
   3 classes with class 1 = real.
 - suri-liveness (face-antispoof-onnx): a dict with `model_state_dict` (keys prefixed `model.`),
-  `input_size`, `num_classes` and `architecture`. RGB / 255, square crop 1.5x the box with reflect
-  padding and letterbox, 2 classes with class 0 = real.
+  `input_size`, `num_classes` and `architecture`; its training scripts write `{model_state_dict,
+  validation_accuracy, config: {input_size, num_classes, ft_weight}}` with the classifier named
+  `logits` and `FTGenerator.*` keys. RGB / 255, square crop 1.5x the box with reflect padding and
+  letterbox, 2 classes with class 0 = real.
+- hairymax/Face-AntiSpoofing: a DataParallel MultiFTNet state_dict (`module.model.*`,
+  `module.FTGenerator.*`) named `AntiSpoofing_<bin|print-replay>_<scale>_<size>.pth`. RGB / 255, square
+  crop 1.5x the box padded black, bilinear black letterbox, class 0 = live (2 or 3 classes).
+- Plain state_dicts that record nothing (uniface, yakhyo ship Silent-Face's models so): the user names
+  the convention, `convention=silentface_2.7` (see `CONVENTIONS`).
 
-`import_published` turns either into a backbone in eval mode plus the `ModelInfo` that a fas export
+`import_published` turns any of them into a backbone in eval mode plus the `ModelInfo` that a fas export
 would carry, so evaluation, export and prediction treat them like our own checkpoints.
 `load_pretrained` initialises a training backbone from any of them (or a fas checkpoint).
 """
@@ -17,6 +24,8 @@ would carry, so evaluation, export and prediction treat them like our own checkp
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +33,7 @@ from typing import Any
 from torch import nn
 
 from fas.convention import ClassScheme, InputConvention, ModelInfo
+from fas.errors import ConfigError
 from fas.models import build_backbone
 from fas.models.checkpoint import (
     CheckpointMismatchError,
@@ -124,44 +134,141 @@ def suri_convention(input_size: int) -> InputConvention:
     )
 
 
+HAIRYMAX_CROP_SCALE = 1.5
+HAIRYMAX_SCHEMES = {
+    2: ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1}),
+    3: ClassScheme("print_replay", ("live", "print", "replay"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 2, 8: 2, 9: 2}),
+}
+# hairymax/Face-AntiSpoofing's released names: AntiSpoofing_<bin|print-replay>_<crop scale>_<size>.pth
+HAIRYMAX_NAME = re.compile(r"AntiSpoofing_(bin|print-replay)_(\d+(?:\.\d+)?)_(\d+)$")
+
+
+def hairymax_convention(input_size: int, scale: float = HAIRYMAX_CROP_SCALE) -> InputConvention:
+    """RGB / 255, square of max(w, h) * 1.5 padded black, bilinear black letterbox to input_size."""
+    return InputConvention(
+        input_size=input_size, color_order="rgb", pixel_scale=1.0 / 255.0, crop_scale=scale, crop_mode="pad"
+    )
+
+
+@dataclass(frozen=True)
+class PublishedConvention:
+    """How a published project feeds its models and reads their output, for files that do not say it
+    themselves (plain state_dicts, ONNX files without fas metadata): `convention=<name>`."""
+
+    build: Callable[[int], InputConvention]  # input size -> convention
+    schemes: dict[int, ClassScheme]  # by class count
+    source: str
+    default_size: int  # of the published models, for files whose graph leaves the size open
+
+    def resolve(
+        self, name: str, input_size: int, num_classes: int, path: str | Path
+    ) -> tuple[InputConvention, ClassScheme]:
+        if num_classes not in self.schemes:
+            known = " or ".join(str(n) for n in self.schemes)
+            raise CheckpointMismatchError(
+                f"{path}: has {num_classes} classes, but {self.source} models (convention={name}) have {known}"
+            )
+        return self.build(input_size), self.schemes[num_classes]
+
+
+CONVENTIONS = {
+    "silentface_2.7": PublishedConvention(
+        lambda size: silentface_convention(SilentFaceName(2.7, size, size, "")),
+        {3: SILENTFACE_SCHEME},
+        "Silent-Face",
+        80,
+    ),
+    "silentface_4.0": PublishedConvention(
+        lambda size: silentface_convention(SilentFaceName(4.0, size, size, "")),
+        {3: SILENTFACE_SCHEME},
+        "Silent-Face",
+        80,
+    ),
+    "suri_liveness": PublishedConvention(suri_convention, {2: SURI_SCHEME}, "suri-liveness", 128),
+    "hairymax": PublishedConvention(hairymax_convention, HAIRYMAX_SCHEMES, "hairymax/Face-AntiSpoofing", 128),
+}
+
+KNOWN_LAYOUTS = (
+    "a fas Lightning checkpoint, a Silent-Face <scale>_<H>x<W>_<Type>.pth, suri-liveness's best_model.pth or "
+    "training checkpoint (model_state_dict + config), hairymax's AntiSpoofing_<bin|print-replay>_1.5_128.pth "
+    "(module.model.* + module.FTGenerator.*), or plain MiniFASNet weights (uniface, yakhyo) with convention=<name>"
+)
+
+
+def published_convention(name: str) -> PublishedConvention:
+    if name not in CONVENTIONS:
+        raise ConfigError(f"unknown convention '{name}'; choose one of {', '.join(CONVENTIONS)}")
+    return CONVENTIONS[name]
+
+
 def is_suri_checkpoint(checkpoint: dict[str, Any]) -> bool:
-    return "model_state_dict" in checkpoint and "architecture" in checkpoint
+    """suri-liveness's released file (`architecture`, `input_size`) or its training checkpoint (`config`)."""
+    return "model_state_dict" in checkpoint and ("architecture" in checkpoint or "config" in checkpoint)
 
 
-def import_published(path: str | Path, checkpoint: dict[str, Any]) -> tuple[nn.Module, ModelInfo]:
-    """A backbone (eval mode) with the published weights, and its input convention and class scheme."""
+def file_convention(
+    path: Path, checkpoint: dict[str, Any], found: dict[str, Any]
+) -> tuple[InputConvention, ClassScheme, str] | None:
+    """The convention, class scheme and source a published file records in its content or name, or None."""
+    if is_suri_checkpoint(checkpoint):
+        settings = checkpoint if "input_size" in checkpoint else checkpoint["config"]
+        if not isinstance(settings, dict) or "input_size" not in settings:
+            raise CheckpointMismatchError(f"{path}: a suri-liveness checkpoint without its input_size")
+        convention, scheme = CONVENTIONS["suri_liveness"].resolve(
+            "suri_liveness", int(settings["input_size"]), found["num_classes"], path
+        )
+        return convention, scheme, "suri-liveness"
+    match = HAIRYMAX_NAME.match(path.stem)
+    if match:
+        scheme = CONVENTIONS["hairymax"].resolve("hairymax", int(match[3]), found["num_classes"], path)[1]
+        return hairymax_convention(int(match[3]), float(match[2])), scheme, "hairymax"
+    if "_" in path.stem and path.stem.split("_")[-1] in ARCHITECTURES:
+        parsed = parse_silentface_name(path)
+        scheme = CONVENTIONS["silentface_2.7"].resolve("silentface", parsed.height, found["num_classes"], path)[1]
+        return silentface_convention(parsed), scheme, "silentface"
+    return None
+
+
+def import_published(
+    path: str | Path, checkpoint: dict[str, Any], convention: str | None = None
+) -> tuple[nn.Module, ModelInfo]:
+    """A backbone (eval mode) with the published weights, and its input convention and class scheme.
+
+    What the file records (suri-liveness's dict, a Silent-Face or hairymax file name) wins; a file that
+    records nothing (a plain state_dict) takes the named `convention`, and without one is refused.
+    """
     path = Path(path)
     state = backbone_state_dict(checkpoint)
     found = describe_state_dict(state)
-    if is_suri_checkpoint(checkpoint):
-        architecture = str(checkpoint["architecture"])
-        input_size, num_classes = int(checkpoint["input_size"]), int(checkpoint["num_classes"])
-        if num_classes != SURI_SCHEME.num_classes:
-            raise CheckpointMismatchError(
-                f"{path}: a suri-liveness file with {num_classes} classes; only its published 2-class "
-                "(0 = real, 1 = spoof) models are known"
-            )
-        convention, scheme, source = suri_convention(input_size), SURI_SCHEME, "suri-liveness"
-    elif found["backbone"].startswith("minifasnet"):
-        parsed = parse_silentface_name(path)
-        architecture, input_size, num_classes = parsed.architecture, parsed.height, found["num_classes"]
-        if num_classes != SILENTFACE_SCHEME.num_classes:
-            raise CheckpointMismatchError(
-                f"{path}: a Silent-Face file with {num_classes} classes; only its 3-class models (1 = real) are known"
-            )
-        convention, scheme, source = silentface_convention(parsed), SILENTFACE_SCHEME, "silentface"
-    else:
+    if not found["backbone"].startswith("minifasnet"):
+        keys = ", ".join(list(checkpoint.get("model_state_dict") or checkpoint.get("state_dict") or checkpoint)[:4])
         raise CheckpointMismatchError(
-            f"{path}: not a checkpoint fas knows; expected a fas Lightning checkpoint (.ckpt), a Silent-Face "
-            f"{SILENTFACE_PATTERN} or a suri-liveness best_model.pth"
+            f"{path}: not a checkpoint fas knows (keys {keys}, ...); fas reads {KNOWN_LAYOUTS}"
         )
-    if architecture not in ARCHITECTURES:
-        raise CheckpointMismatchError(f"{path}: architecture {architecture} is not one of {', '.join(ARCHITECTURES)}")
-    backbone_name = ARCHITECTURES[architecture]
-    backbone = build_backbone(backbone_name, input_size=input_size, num_classes=num_classes)
+    recorded = file_convention(path, checkpoint, found)
+    if recorded is None:
+        if convention is None:
+            raise CheckpointMismatchError(
+                f"{path}: {found['backbone']} weights ({found['input_size']}x{found['input_size']}, "
+                f"{found['num_classes']} classes) whose input convention the file does not record; name it with "
+                f"convention=<{'|'.join(CONVENTIONS)}> (a Silent-Face file may instead keep its published name "
+                f"{SILENTFACE_PATTERN})"
+            )
+        input_convention, scheme = published_convention(convention).resolve(
+            convention, found["input_size"], found["num_classes"], path
+        )
+        recorded = (input_convention, scheme, convention)
+    input_convention, scheme, source = recorded
+    backbone_name = found["backbone"]
+    architecture = checkpoint.get("architecture")
+    if architecture is not None and ARCHITECTURES.get(str(architecture)) != backbone_name:
+        raise CheckpointMismatchError(
+            f"{path}: records architecture {architecture} but holds {backbone_name} weights; the file is inconsistent"
+        )
+    backbone = build_backbone(backbone_name, input_size=input_convention.input_size, num_classes=found["num_classes"])
     check_fits(backbone, state, backbone_name, path)
     backbone.load_state_dict(state)
-    info = ModelInfo(convention, scheme, backbone_name, {"imported_from": path.name, "source": source})
+    info = ModelInfo(input_convention, scheme, backbone_name, {"imported_from": path.name, "source": source})
     return backbone.eval(), info
 
 
@@ -169,12 +276,11 @@ def recorded_convention(path: str | Path, checkpoint: dict[str, Any]) -> InputCo
     """The input convention a weights file was trained with, when the file or its name says it."""
     if "hyper_parameters" in checkpoint and "convention" in checkpoint["hyper_parameters"]:
         return InputConvention.from_dict(checkpoint["hyper_parameters"]["convention"])
-    if is_suri_checkpoint(checkpoint):
-        return suri_convention(int(checkpoint["input_size"]))
-    try:
-        return silentface_convention(parse_silentface_name(path))
-    except CheckpointMismatchError:
+    found = describe_state_dict(backbone_state_dict(checkpoint))
+    if not found["backbone"].startswith("minifasnet"):
         return None
+    recorded = file_convention(Path(path), checkpoint, found)
+    return recorded[0] if recorded else None
 
 
 def load_pretrained(
