@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,10 @@ from tqdm import tqdm
 
 from fas.convention import InputConvention, ModelInfo
 from fas.data.datamodule import FaceDataModule
+from fas.detect import detector_factory
 from fas.errors import ConfigError, FasError
 from fas.inference.backends import Backend, load_backend
-from fas.metrics import Scores, choose_threshold, pad_metrics, spoof_scores
+from fas.metrics import Scores, choose_threshold, pad_metrics, pad_metrics_per_source, spoof_scores
 from fas.report import (
     LABELS,
     ModelEvaluation,
@@ -39,6 +41,10 @@ from fas.train import check_config, instantiate_group
 
 log = logging.getLogger(__name__)
 
+NO_VALIDATION = (
+    "the data has no validation part, so the threshold was chosen on the evaluated data itself (optimistic); "
+    "give the data a val/ part, or set threshold.rule=fixed threshold.value=<score>"
+)
 CONSOLE_KEYS = ("auroc", "eer", "apcer", "bpcer", "acer", "hter", "bpcer_at_apcer_5pct", "tpr_at_fpr_1e-3")
 CONVENTION_FIELDS = ("input_size", "crop_scale", "crop_mode", "color_order", "pixel_scale", "mean", "std")
 
@@ -76,7 +82,7 @@ def evaluate(cfg: DictConfig) -> ReportFiles:
         output_dir / "report",
         evaluations,
         split=cfg.split,
-        data_root=str(cfg.data.root),
+        data_root=evaluations[0].data,
         threshold_rule=cfg.threshold.rule,
     )
     loggers = instantiate_group(cfg.get("logger"))
@@ -104,15 +110,20 @@ def evaluate_model(backend: Backend, name: str, path: str, cfg: DictConfig) -> M
     datamodule.prepare_data()
     datamodule.setup("test")
     rule = cfg.threshold.rule
+    scores = score_loader(backend, split_loader(datamodule, cfg.split), f"{name} {cfg.split}")
     if rule == "fixed":
         threshold = choose_threshold("fixed", value=cfg.threshold.value)
+    elif cfg.split == "test" and len(datamodule.splits["val"]) == 0:
+        threshold = choose_threshold(rule, scores, target_apcer=cfg.threshold.target_apcer, split=cfg.split)
+        threshold = replace(threshold, reason=NO_VALIDATION)
+        log.warning("%s: %s", name, NO_VALIDATION)
     else:
         val_scores = score_loader(backend, datamodule.val_dataloader(), f"{name} val")
         threshold = choose_threshold(rule, val_scores, target_apcer=cfg.threshold.target_apcer, split="val")
-    scores = score_loader(backend, split_loader(datamodule, cfg.split), f"{name} {cfg.split}")
     attack_types = [t for t in datamodule.class_scheme.spoof_type_classes if t != 0]
     result = pad_metrics(scores, threshold.value, attack_types)
-    return ModelEvaluation(name, str(path), backend.info, threshold, scores, result)
+    per_source = pad_metrics_per_source(scores, threshold.value, attack_types, datamodule.source_names)
+    return ModelEvaluation(name, str(path), backend.info, threshold, scores, result, per_source, datamodule.describe())
 
 
 def check_model_io(backend: Backend, path: str) -> None:
@@ -163,7 +174,7 @@ def datamodule_for(cfg: DictConfig, info: ModelInfo, path: str) -> FaceDataModul
         data["class_scheme"] = OmegaConf.to_container(chosen_scheme, resolve=True)
     else:
         data["class_scheme"] = {"_target_": "fas.convention.ClassScheme", **info.class_scheme.to_dict()}
-    return hydra.utils.instantiate(OmegaConf.create(data))
+    return hydra.utils.instantiate(OmegaConf.create(data), detector=detector_factory(cfg.get("detector")))
 
 
 def _same(wanted: Any, recorded: Any) -> bool:
@@ -177,11 +188,11 @@ def _same(wanted: Any, recorded: Any) -> bool:
 def score_loader(backend: Backend, loader: DataLoader, description: str) -> Scores:
     """Spoof scores of every batch of `loader`, with a progress bar on terminals."""
     real = backend.info.class_scheme.real_class_index
-    parts: dict[str, list[np.ndarray]] = {"score": [], "spoof_type": [], "illumination": [], "environment": []}
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in Scores.FIELDS}
     for batch in tqdm(loader, desc=description, unit="batch", disable=None, leave=False):
         logits = backend.logits(batch["image"].numpy())
         parts["score"].append(spoof_scores(logits, real).numpy())
-        for key in ("spoof_type", "illumination", "environment"):
+        for key in Scores.FIELDS[1:]:
             parts[key].append(np.asarray(batch[key]))
     if not parts["score"]:
         return Scores(np.empty(0), np.empty(0, np.int64))

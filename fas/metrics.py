@@ -32,7 +32,8 @@ from torchmetrics.functional.classification import (
 )
 from torchmetrics.utilities import dim_zero_cat
 
-from fas.data.celeba_spoof import ENVIRONMENTS, ILLUMINATIONS, SPOOF_TYPES
+from fas.data.celeba_spoof import ENVIRONMENTS, ILLUMINATIONS
+from fas.data.sample import SPOOF_TYPES
 from fas.errors import ConfigError, FasError
 
 LIVE_TYPE = 0
@@ -57,6 +58,7 @@ METRIC_KEYS = (
 )
 BREAKDOWNS = {"spoof_type": SPOOF_TYPES, "illumination": ILLUMINATIONS, "environment": ENVIRONMENTS}
 THRESHOLD_RULES = ("eer", "apcer", "fixed")
+SOURCE_KEYS = ("auroc", "eer", "apcer", "bpcer", "acer", "hter")  # reported per data source when there are several
 
 NO_LIVE = "no bona fide (live) samples"
 NO_SPOOF = "no attack (spoof) samples"
@@ -77,19 +79,24 @@ def type_name(code: int, names: dict[int, str] = SPOOF_TYPES) -> str:
 
 @dataclass
 class Scores:
-    """Spoof scores of the samples of one split with their CelebA-Spoof condition codes (0 = live).
+    """Spoof scores of the samples of one split with their CelebA-Spoof condition codes (0 = live) and the
+    index of the data source each came from.
 
-    Condition arrays left out default to 0 (live / unknown). Not frozen: torchmetrics copies compute() results.
+    Condition arrays left out default to 0 (live / unknown; the first source). Not frozen: torchmetrics
+    copies compute() results.
     """
+
+    FIELDS = ("score", "spoof_type", "illumination", "environment", "source")
 
     score: np.ndarray
     spoof_type: np.ndarray
     illumination: np.ndarray = field(default=None)  # type: ignore[assignment]
     environment: np.ndarray = field(default=None)  # type: ignore[assignment]
+    source: np.ndarray = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         score = self.score = np.asarray(self.score, dtype=np.float64).reshape(-1)
-        for name in ("spoof_type", "illumination", "environment"):
+        for name in self.FIELDS[1:]:
             value = getattr(self, name)
             codes = np.zeros(len(score), np.int64) if value is None else np.asarray(value, np.int64).reshape(-1)
             if len(codes) != len(score):
@@ -115,7 +122,7 @@ class Scores:
         return len(self.score)
 
     def subset(self, mask: np.ndarray) -> Scores:
-        return Scores(self.score[mask], self.spoof_type[mask], self.illumination[mask], self.environment[mask])
+        return Scores(*(getattr(self, name)[mask] for name in self.FIELDS))
 
 
 def spoof_scores(logits: Tensor | np.ndarray, real_class_index: int) -> Tensor:
@@ -129,15 +136,18 @@ class ScoreCollector(Metric):
     """Gathers spoof scores and condition codes over an epoch (and across devices) into `Scores`."""
 
     full_state_update = False
-    FIELDS = ("score", "spoof_type", "illumination", "environment")
+    FIELDS = Scores.FIELDS
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         for name in self.FIELDS:
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, score: Tensor, spoof_type: Tensor, illumination: Tensor, environment: Tensor) -> None:
-        for name, value in zip(self.FIELDS, (score, spoof_type, illumination, environment), strict=True):
+    def update(
+        self, score: Tensor, spoof_type: Tensor, illumination: Tensor, environment: Tensor, source: Tensor | None = None
+    ) -> None:
+        source = torch.zeros_like(torch.as_tensor(spoof_type)) if source is None else source
+        for name, value in zip(self.FIELDS, (score, spoof_type, illumination, environment, source), strict=True):
             getattr(self, name).append(torch.as_tensor(value, device=self.device).detach().reshape(-1))
 
     def compute(self) -> Scores:
@@ -429,3 +439,17 @@ def _warn_undefined(undefined: dict[str, str]) -> None:
     if by_reason:
         message = "; ".join(f"{', '.join(keys)} undefined ({reason})" for reason, keys in by_reason.items())
         warnings.warn(message, UndefinedMetricWarning, stacklevel=3)
+
+
+def pad_metrics_per_source(
+    scores: Scores, threshold: float | None, attack_types: Iterable[int], names: list[str]
+) -> dict[str, PadResult]:
+    """The metrics of each data source's samples alone, at the pooled threshold; empty for a single source."""
+    if len(names) < 2:
+        return {}
+    attack_types = list(attack_types)
+    return {
+        name: pad_metrics(scores.subset(scores.source == index), threshold, attack_types)
+        for index, name in enumerate(names)
+        if np.any(scores.source == index)
+    }

@@ -11,7 +11,17 @@ from torch import Tensor
 
 from fas.convention import ClassScheme, InputConvention
 from fas.losses import LivenessLoss, fourier_target, to_gray_255
-from fas.metrics import PadResult, ScoreCollector, Scores, ThresholdChoice, choose_threshold, pad_metrics, spoof_scores
+from fas.metrics import (
+    SOURCE_KEYS,
+    PadResult,
+    ScoreCollector,
+    Scores,
+    ThresholdChoice,
+    choose_threshold,
+    pad_metrics,
+    pad_metrics_per_source,
+    spoof_scores,
+)
 from fas.models import FTHead, build_backbone
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -70,7 +80,7 @@ class LivenessModule(L.LightningModule):
         self.val_scores = ScoreCollector(sync_on_compute=False)
         self.test_scores = ScoreCollector(sync_on_compute=False)
         self.threshold = ThresholdChoice("eer", None, "val", "no validation epoch has run")
-        self.test_evaluation: tuple[Scores, PadResult] | None = None
+        self.test_evaluation: tuple[Scores, PadResult, dict[str, PadResult]] | None = None
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits of the backbone alone (what export keeps)."""
@@ -106,7 +116,7 @@ class LivenessModule(L.LightningModule):
 
     def _score(self, batch: dict[str, Tensor], collector: ScoreCollector) -> None:
         scores = self.spoof_scores(self(batch["image"]))
-        collector.update(scores, batch["spoof_type"], batch["illumination"], batch["environment"])
+        collector.update(scores, batch["spoof_type"], batch["illumination"], batch["environment"], batch.get("source"))
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._score(batch, self.val_scores)
@@ -117,6 +127,10 @@ class LivenessModule(L.LightningModule):
         self.threshold = choose_threshold("eer", scores, split="val")
         metrics = pad_metrics(scores, self.threshold.value, self.attack_types).metrics
         self.log_dict({f"val/{key}": _loggable(metrics[key]) for key in VAL_METRICS}, prog_bar=True)
+        for source, result in pad_metrics_per_source(
+            scores, self.threshold.value, self.attack_types, self.sources
+        ).items():
+            self.log_dict({f"val/{source}/{key}": _loggable(result.metrics[key]) for key in VAL_METRICS})
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._score(batch, self.test_scores)
@@ -125,8 +139,17 @@ class LivenessModule(L.LightningModule):
         scores = self.test_scores.compute()
         self.test_scores.reset()
         result = pad_metrics(scores, self.threshold.value, self.attack_types)
-        self.test_evaluation = (scores, result)
+        per_source = pad_metrics_per_source(scores, self.threshold.value, self.attack_types, self.sources)
+        self.test_evaluation = (scores, result, per_source)
         self.log_dict({f"test/{key}": _loggable(value) for key, value in result.metrics.items()})
+        for source, source_result in per_source.items():
+            self.log_dict({f"test/{source}/{key}": _loggable(source_result.metrics[key]) for key in SOURCE_KEYS})
+
+    @property
+    def sources(self) -> list[str]:
+        """The names of the datamodule's data sources (per-source metrics when there are several)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return list(getattr(datamodule, "source_names", []))
 
     @property
     def attack_types(self) -> list[int]:

@@ -12,7 +12,7 @@ import html
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from fas.metrics import (
     APCER_TARGETS,
     BREAKDOWNS,
     CELEBA_FPRS,
+    SOURCE_KEYS,
     PadResult,
     Scores,
     ThresholdChoice,
@@ -89,6 +90,8 @@ class ModelEvaluation:
     threshold: ThresholdChoice
     scores: Scores
     result: PadResult
+    per_source: dict[str, PadResult] = field(default_factory=dict)  # several data sources: each alone
+    data: str = ""  # the data scored, e.g. "folder (/data/mine)"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +102,7 @@ class ModelEvaluation:
             "convention": self.info.convention.to_dict(),
             "threshold_choice": self.threshold.to_dict(),
             **self.result.to_dict(),
+            "per_source": {name: result.to_dict() for name, result in self.per_source.items()},
         }
 
 
@@ -127,6 +131,8 @@ def flat_metrics(evaluations: Sequence[ModelEvaluation], split: str) -> dict[str
     for e in evaluations:
         scope = split if len(evaluations) == 1 else f"{e.name}/{split}"
         flat.update({f"{scope}/{key}": value for key, value in e.result.metrics.items()})
+        for source, result in e.per_source.items():
+            flat.update({f"{scope}/{source}/{key}": result.metrics[key] for key in SOURCE_KEYS})
     return flat
 
 
@@ -201,6 +207,9 @@ def report_blocks(
     blocks.append(_summary_table(evaluations, DECISION_KEYS, with_counts=False))
     blocks.append(("h", 2, "APCER per attack type"))
     blocks.append(_apcer_table(evaluations))
+    if any(e.per_source for e in evaluations):
+        blocks.append(("h", 2, "Per data source (at each model's threshold)"))
+        blocks.append(_source_table(evaluations))
     blocks.append(("h", 2, "Curves"))
     blocks += [("image", name, plots[name]) for name in ("roc", "det", "pr")]
     blocks.append(("h", 2, "Score distributions and confusion matrices"))
@@ -225,6 +234,21 @@ def _apcer_table(evaluations: Sequence[ModelEvaluation]) -> Block:
     types = list(dict.fromkeys(name for e in evaluations for name in e.result.apcer_per_type))
     rows = [[name, *(format_metric("apcer", e.result.apcer_per_type.get(name)) for e in evaluations)] for name in types]
     return ("table", ["attack type", *(e.name for e in evaluations)], rows)
+
+
+def _source_table(evaluations: Sequence[ModelEvaluation]) -> Block:
+    rows = [
+        [
+            e.name,
+            source,
+            str(r.counts["live"]),
+            str(r.counts["spoof"]),
+            *(format_metric(k, r.metrics[k]) for k in SOURCE_KEYS),
+        ]
+        for e in evaluations
+        for source, r in e.per_source.items()
+    ]
+    return ("table", ["model", "source", "live", "spoof", *(LABELS[k] for k in SOURCE_KEYS)], rows)
 
 
 def _model_blocks(e: ModelEvaluation) -> list[Block]:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fas.convention import ModelInfo
 from fas.data.datamodule import FaceDataModule
+from fas.detect import detector_factory
 from fas.download import resolve_model_file
 from fas.errors import ConfigError
 from fas.export.callback import OnnxExport
@@ -46,8 +47,14 @@ def check_config(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg.data, "root"):
         raise ConfigError(
             "data.root is not set: pass data.root=/path/to/CelebA_Spoof (the folder holding Data/ and metas/), "
-            "or use data=synthetic"
+            "your own folder with data=folder, or use data=synthetic"
         )
+    if OmegaConf.is_missing(cfg.data, "manifest"):
+        raise ConfigError("data.manifest is not set: pass data.manifest=/path/to/list.csv (or .jsonl)")
+    for name, source in (cfg.data.get("sources") or {}).items():
+        for key in ("root", "manifest"):
+            if key in source and OmegaConf.is_missing(source, key):
+                raise ConfigError(f"data.sources.{name}.{key} is not set: pass data.sources.{name}.{key}=<path>")
     size = cfg.data.get("input_size")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < MIN_INPUT_SIZE):
         raise ConfigError(
@@ -63,7 +70,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     """
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule: FaceDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule: FaceDataModule = hydra.utils.instantiate(cfg.data, detector=detector_factory(cfg.get("detector")))
     model: LivenessModule = hydra.utils.instantiate(
         cfg.model,
         convention=datamodule.convention.to_dict(),
@@ -129,12 +136,12 @@ def fit_test_and_report(
         return value, metrics
 
     output_dir = Path(cfg.paths.output_dir)
-    scores, result = model.test_evaluation
+    scores, result, per_source = model.test_evaluation
     info = ModelInfo(model.convention, model.class_scheme, cfg.model.backbone)
     name = Path(best).name if best else "final weights"
-    evaluation = ModelEvaluation(name, best, info, model.threshold, scores, result)
+    evaluation = ModelEvaluation(name, best, info, model.threshold, scores, result, per_source, datamodule.describe())
     report = write_report(
-        output_dir / "report", [evaluation], split="test", extra_metrics=validation, data_root=str(datamodule.root)
+        output_dir / "report", [evaluation], split="test", extra_metrics=validation, data_root=datamodule.describe()
     )
     log_to_wandb(trainer.loggers, [evaluation], report, prefix="test")
     log.info("Test metrics: %s", {k: round(float(v), 4) for k, v in metrics.items()})

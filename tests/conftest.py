@@ -42,6 +42,15 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate(tmp_path_factory.mktemp("tiny_data"), TINY, workers=1)
 
 
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny dataset as a user's folder tree (train/ and test/, class folders, subject folders, a pixel
+    _BB.txt beside every other image, two live and two replay clips per split) with its manifest.csv."""
+    from fas.data.synthetic import generate_folder
+
+    return generate_folder(tmp_path_factory.mktemp("tiny_folder"), TINY, videos=2, frames_per_clip=12)
+
+
 CONFIG_DIR = REPO_ROOT / "configs"
 
 TINY_DATA = [

@@ -12,20 +12,22 @@ import pytest
 import torch
 
 from fas.convention import ClassScheme, InputConvention
-from fas.data.cache import CropSpec, images_path, manifest_path, open_cache, read_cached_split
-from fas.data.celeba_spoof import DatasetError
+from fas.data.cache import CropSpec, manifest_path, open_cache, read_cached_split
+from fas.data.celeba_spoof import CelebASpoofSource
 from fas.data.datamodule import FaceCropDataset, PackedCropDataset, split_by_subject
+from fas.data.sample import DatasetError, with_targets
 from fas.errors import ConfigError
 
 from conftest import PREPARED_CROP_SETTINGS
 
 CROP = CropSpec(**PREPARED_CROP_SETTINGS)
+INTRA_TEST = CelebASpoofSource(None).settings()
 BINARY = ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1})
 ALL = ClassScheme("binary_all", ("live", "spoof"), 0, {t: int(t != 0) for t in range(11)})
 
 
 def test_a_mismatched_crop_or_protocol_is_refused_with_the_fitting_overrides(prepared_cache: Path) -> None:
-    assert open_cache(prepared_cache, CROP, "intra_test")["complete"]
+    assert open_cache(prepared_cache, CROP, INTRA_TEST)["complete"]
     with pytest.raises(
         DatasetError,
         match=r"holds 64x64 crops at scale 2.7 \(shift, the rule's own interpolation\), the config asks for "
@@ -33,22 +35,22 @@ def test_a_mismatched_crop_or_protocol_is_refused_with_the_fitting_overrides(pre
         r"data.crop_scale=2.7 data.crop_mode=shift data.crop_interpolation=null, or prepare a matching cache: "
         r"python -m fas.data.prepare root=.* output=<new folder> crop.size=128 crop.scale=1.5 crop.mode=reflect",
     ):
-        open_cache(prepared_cache, CropSpec(128, 1.5, "reflect"), "intra_test")
+        open_cache(prepared_cache, CropSpec(128, 1.5, "reflect"), INTRA_TEST)
     with pytest.raises(DatasetError, match=r"the config asks for 64x64 crops at scale 2.7 \(shift, area\)"):
-        open_cache(prepared_cache, CropSpec(64, 2.7, "shift", "area"), "intra_test")
+        open_cache(prepared_cache, CropSpec(64, 2.7, "shift", "area"), INTRA_TEST)
     with pytest.raises(DatasetError, match=r"made for protocol 'intra_test', the config asks for 'protocol1'"):
-        open_cache(prepared_cache, CROP, "protocol1")
+        open_cache(prepared_cache, CROP, {**INTRA_TEST, "protocol": "protocol1"})
 
 
 def test_an_incomplete_or_missing_cache_is_refused(prepared_cache: Path, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"no cache manifest. Point data.cache at a folder made by"):
-        open_cache(tmp_path, CROP, "intra_test")
+        open_cache(tmp_path, CROP, INTRA_TEST)
     partial = tmp_path / "partial"
     shutil.copytree(prepared_cache, partial)
     manifest = json.loads(manifest_path(partial).read_text())
     manifest_path(partial).write_text(json.dumps({**manifest, "complete": False}))
     with pytest.raises(DatasetError, match=r"the cache is incomplete .* run the same `python -m fas.data.prepare"):
-        open_cache(partial, CROP, "intra_test")
+        open_cache(partial, CROP, INTRA_TEST)
 
 
 def test_crop_spec_validates() -> None:
@@ -60,8 +62,8 @@ def test_crop_spec_validates() -> None:
 
 def test_the_class_scheme_is_applied_when_reading(prepared_cache: Path, broken_data) -> None:
     _, broken = broken_data
-    every = read_cached_split(prepared_cache, "train", ALL)
-    binary = read_cached_split(prepared_cache, "train", BINARY)
+    every = with_targets(read_cached_split(prepared_cache, "train", "celeba_spoof"), ALL, "train")
+    binary = with_targets(read_cached_split(prepared_cache, "train", "celeba_spoof"), BINARY, "train")
     assert len(every) == 48 - 11
     assert {s.key for s in binary} == {s.key for s in every if s.spoof_type in (0, 1, 2, 3, 7, 8, 9)}
     assert all(s.target == int(s.spoof_type != 0) for s in every)
@@ -71,9 +73,9 @@ def test_the_class_scheme_is_applied_when_reading(prepared_cache: Path, broken_d
 
 
 def test_packed_items_equal_the_items_cropped_from_the_images(prepared_cache: Path) -> None:
-    samples = read_cached_split(prepared_cache, "test", ALL)
+    samples = with_targets(read_cached_split(prepared_cache, "test", "celeba_spoof"), ALL, "test")
     convention = InputConvention(input_size=64, color_order="bgr", pixel_scale=1.0, crop_scale=2.7)
-    packed = PackedCropDataset(images_path(prepared_cache, "test"), samples, convention)
+    packed = PackedCropDataset(prepared_cache, samples, convention)
     files = FaceCropDataset(samples, convention)
     assert len(packed) == len(files) == 22
     for index in range(len(packed)):
@@ -83,8 +85,8 @@ def test_packed_items_equal_the_items_cropped_from_the_images(prepared_cache: Pa
 
 
 def test_a_packed_dataset_pickles_without_its_pixels(prepared_cache: Path) -> None:
-    samples = read_cached_split(prepared_cache, "train", ALL)
-    dataset = PackedCropDataset(images_path(prepared_cache, "train"), samples, InputConvention(input_size=64))
+    samples = with_targets(read_cached_split(prepared_cache, "train", "celeba_spoof"), ALL, "train")
+    dataset = PackedCropDataset(prepared_cache, samples, InputConvention(input_size=64))
     dataset[0]
     clone = pickle.loads(pickle.dumps(dataset))
     assert len(pickle.dumps(dataset)) < 10_000 and clone._images is None

@@ -11,21 +11,21 @@ import pytest
 from omegaconf import OmegaConf
 
 from fas.convention import ClassScheme
-from fas.data.celeba_spoof import (
-    SPOOF_TYPES,
-    DatasetError,
-    SampleError,
-    available_protocols,
-    iter_labels,
-    read_bb,
-    read_image,
-    read_split,
-    subject_of,
-)
+from fas.data.celeba_spoof import DEFAULT_PROTOCOL, available_protocols, iter_labels, read_bb, read_split, subject_of
+from fas.data.media import read_image
+from fas.data.sample import SPOOF_TYPES, UNKNOWN_ATTACK, DatasetError, SampleError, with_targets
 
 from conftest import CONFIG_DIR
 
 BINARY = ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1})
+
+
+def read(root: Path, split: str, scheme: ClassScheme, protocol: str = DEFAULT_PROTOCOL):
+    """The reader's records of a split with the class scheme applied, and its bad samples."""
+    samples, bad = read_split(root, split, protocol)
+    return with_targets(samples, scheme, split), bad
+
+
 SILENTFACE3 = ClassScheme("silentface3", ("print", "live", "replay"), 1, {0: 1, 1: 0, 2: 0, 3: 0, 7: 2, 8: 2, 9: 2})
 
 
@@ -56,7 +56,7 @@ def test_reader_maps_labels_boxes_and_schemes(tmp_path: Path) -> None:
             "Data/train/102/spoof/000004.jpg": (labels(4, 1, 1), "1 1 5 5 1.0"),
         },
     )
-    samples, bad = read_split(tmp_path, "train", BINARY)
+    samples, bad = read(tmp_path, "train", BINARY)
     assert bad == []
     by_key = {s.key: s for s in samples}
     assert set(by_key) == {
@@ -65,10 +65,11 @@ def test_reader_maps_labels_boxes_and_schemes(tmp_path: Path) -> None:
         "Data/train/102/spoof/000003.png",
     }  # the face mask (type 4) is excluded by the binary scheme
     live = by_key["Data/train/101/live/000001.jpg"]
-    assert (live.subject, live.spoof_type, live.target, live.box_224) == ("101", 0, 0, (56, 28, 112, 56))
+    assert (live.subject, live.spoof_type, live.target, live.box) == ("101", 0, 0, (56, 28, 112, 56))
+    assert (live.box_frame, live.frame, live.split, live.source) == ((224, 224), None, "train", "celeba_spoof")
     poster = by_key["Data/train/101/spoof/000002.jpg"]
     assert (poster.spoof_type, poster.illumination, poster.environment, poster.target) == (2, 3, 1, 1)
-    samples3, _ = read_split(tmp_path, "train", SILENTFACE3)
+    samples3, _ = read(tmp_path, "train", SILENTFACE3)
     assert {s.spoof_type: s.target for s in samples3} == {0: 1, 2: 0, 8: 2}
 
 
@@ -92,7 +93,7 @@ def test_bad_samples_are_listed_with_their_reason(tmp_path: Path) -> None:
             }
         )
     )
-    samples, bad = read_split(tmp_path, "train", BINARY)
+    samples, bad = read(tmp_path, "train", BINARY)
     assert [s.key for s in samples] == ["Data/train/1/live/f.jpg"]
     reasons = {b.path.name: b.reason for b in bad}
     assert reasons == {
@@ -107,7 +108,7 @@ def test_bad_samples_are_listed_with_their_reason(tmp_path: Path) -> None:
 
 def test_missing_label_file_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"train_label.json: label file not found. Point data.root"):
-        read_split(tmp_path, "train", BINARY)
+        read(tmp_path, "train", BINARY)
 
 
 def test_malformed_label_vector(tmp_path: Path) -> None:
@@ -115,7 +116,7 @@ def test_malformed_label_vector(tmp_path: Path) -> None:
     metas.mkdir(parents=True)
     (metas / "train_label.json").write_text(json.dumps({"Data/train/1/live/a.jpg": [0, 1]}))
     with pytest.raises(DatasetError, match="must be a list of 44 integers"):
-        read_split(tmp_path, "train", BINARY)
+        read(tmp_path, "train", BINARY)
 
 
 def test_read_bb_accepts_floats(tmp_path: Path) -> None:
@@ -150,7 +151,7 @@ def test_unusable_images_name_the_file_and_the_reason(tmp_path: Path, content, r
     with pytest.raises(SampleError, match=r"broken.jpg: ") as caught:
         read_image(path)
     assert caught.value.reason == reason and caught.value.path == path
-    assert str(caught.value).endswith("re-extract it from the dataset archive or remove it from the label file")
+    assert str(caught.value).endswith("re-extract or re-copy it, or remove it from the dataset")
 
 
 def test_complete_images_read_also_with_bytes_after_the_end_marker(tmp_path: Path) -> None:
@@ -163,11 +164,12 @@ def test_complete_images_read_also_with_bytes_after_the_end_marker(tmp_path: Pat
 
 
 # The class schemes documented in configs/class_scheme/*.yaml and DESIGN.md: spoof type -> class (None = excluded).
+# An attack of unknown type (a bare spoof/ folder) is an attack to the binary schemes, and fits no other.
 DOCUMENTED_SCHEMES = {
-    "binary": (("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1}),
-    "binary_all": (("live", "spoof"), 0, {t: int(t != 0) for t in range(11)}),
+    "binary": (("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1, UNKNOWN_ATTACK: 1}),
+    "binary_all": (("live", "spoof"), 0, {t: int(t != 0) for t in SPOOF_TYPES}),
     "silentface3": (("print", "live", "replay"), 1, {0: 1, 1: 0, 2: 0, 3: 0, 4: 0, 5: 0, 6: 0, 7: 2, 8: 2, 9: 2}),
-    "per_type": (tuple(SPOOF_TYPES.values()), 0, {t: t for t in range(11)}),
+    "per_type": (tuple(SPOOF_TYPES[t] for t in range(11)), 0, {t: t for t in range(11)}),
 }
 
 
@@ -183,7 +185,7 @@ def test_each_class_scheme_config_maps_the_documented_spoof_types(name: str, tmp
         {f"Data/train/{t}/{'spoof' if t else 'live'}/{t:06d}.jpg": (labels(t), "50 50 60 60 0.9") for t in SPOOF_TYPES},
         size=(64, 64),
     )
-    samples, bad = read_split(tmp_path, "train", scheme)
+    samples, bad = read(tmp_path, "train", scheme)
     assert bad == [] and {s.spoof_type: s.target for s in samples} == mapping
 
 
@@ -202,12 +204,12 @@ def test_protocol_label_files_are_read_where_present(tmp_path: Path) -> None:
         folder.mkdir(parents=True)
         (folder / "train_label.json").write_text(json.dumps({k: entries[k][0] for k in keys}))
     assert available_protocols(tmp_path) == ["intra_test", "protocol1", "protocol2/test_on_low_quality_device"]
-    samples, _ = read_split(tmp_path, "train", BINARY, protocol="protocol2/test_on_low_quality_device")
+    samples, _ = read(tmp_path, "train", BINARY, protocol="protocol2/test_on_low_quality_device")
     assert [(s.key, s.target) for s in samples] == [("Data/train/2/spoof/b.jpg", 1), ("Data/test/3/spoof/c.jpg", 1)]
-    samples, _ = read_split(tmp_path, "train", BINARY, protocol="protocol1")
+    samples, _ = read(tmp_path, "train", BINARY, protocol="protocol1")
     assert [s.key for s in samples] == ["Data/train/1/live/a.jpg"]
     with pytest.raises(DatasetError, match=r"no 'protocol3' protocol in .*metas; set data.protocol to one of: "):
-        read_split(tmp_path, "train", BINARY, protocol="protocol3")
+        read(tmp_path, "train", BINARY, protocol="protocol3")
 
 
 def test_subject_of() -> None:

@@ -31,8 +31,22 @@ GROUPS = [
 ]
 
 
+BASES = {("data", "default")}  # what the data configs share; not an option of its own
+
+
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml") if (group, p.stem) not in BASES)
+
+
+def data_overrides(option: str, tiny_data: Path, tiny_folder: Path) -> list[str]:
+    """What each data option needs to point at the generated data."""
+    if option == "folder":
+        return [f"data.root={tiny_folder}"]
+    if option == "manifest":
+        return [f"data.manifest={tiny_folder / 'manifest.csv'}"]
+    if option == "mix":
+        return [f"data.sources.celeba_spoof.root={tiny_data}", f"data.sources.folder.root={tiny_folder}"]
+    return [f"data.root={tiny_data}", "data.synthetic=null"]
 
 
 ALL_OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
@@ -47,8 +61,13 @@ def test_every_group_has_options() -> None:
 
 
 @pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
-def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Path, tiny_data: Path) -> None:
-    overrides = [f"{group}={option}", f"data.root={tiny_data}", "data.synthetic=null"]
+def test_option_composes_and_instantiates(
+    group: str, option: str, tmp_path: Path, tiny_data: Path, tiny_folder: Path
+) -> None:
+    overrides = [
+        f"{group}={option}",
+        *data_overrides(option if group == "data" else "synthetic", tiny_data, tiny_folder),
+    ]
     if group == "logger":
         overrides.append("++logger.wandb.offline=true" if option in ("wandb", "many_loggers") else "seed=0")
     cfg = compose_train(overrides, tmp_path)

@@ -25,14 +25,14 @@ def make(root: Path, **kwargs) -> FaceDataModule:
 
 def test_splits_batches_and_normalisation(tiny_data: Path) -> None:
     dm = make(tiny_data, val_fraction=0.25, input_size=64)
-    train_subjects = {s.subject for s in dm.splits["train"].samples}
-    val_subjects = {s.subject for s in dm.splits["val"].samples}
+    train_subjects = {s.subject for s in dm.samples["train"]}
+    val_subjects = {s.subject for s in dm.samples["val"]}
     assert len(val_subjects) == 1 and not train_subjects & val_subjects
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (8, 3, 64, 64) and batch["image"].dtype == torch.float32
     assert batch["image"].min() >= 0.0 and batch["image"].max() <= 1.0
-    assert set(batch) == {"image", "target", "spoof_type", "illumination", "environment"}
-    test_keys = {s.key for s in dm.splits["test"].samples}
+    assert set(batch) == {"image", "target", "spoof_type", "illumination", "environment", "source"}
+    test_keys = {s.key for s in dm.samples["test"]}
     assert all(k.startswith("Data/test/") for k in test_keys)
 
 
@@ -43,9 +43,9 @@ def test_bgr_0_255_convention(tiny_data: Path) -> None:
 
 
 def test_split_by_subject_is_seeded() -> None:
-    from fas.data.celeba_spoof import Sample
+    from fas.data.sample import Sample
 
-    samples = [Sample(f"k{i}", Path(f"k{i}"), (0, 0, 1, 1), str(i % 10), 0, 0, 0, 0) for i in range(100)]
+    samples = [Sample(Path(f"k{i}"), None, (0, 0, 1, 1), 0, str(i % 10), "train", "s", f"k{i}") for i in range(100)]
     a = split_by_subject(samples, 0.2, seed=1)
     b = split_by_subject(samples, 0.2, seed=1)
     assert [s.key for s in a[1]] == [s.key for s in b[1]]
@@ -63,7 +63,8 @@ def test_bad_samples_stop_or_are_skipped_with_a_list(tmp_path: Path, tiny_data: 
     broken.write_text("garbage")
     with pytest.raises(
         DatasetError,
-        match=r"1 unusable sample\(s\) in the train split, e\.g\. .*_BB.txt: malformed.*data.skip_bad_samples=true",
+        match=r"1 unusable sample\(s\) \(1 in the train split\).*, e\.g\. .*_BB.txt: malformed.*"
+        r"data.skip_bad_samples=true",
     ):
         make(root)
     intact = make(tiny_data)
@@ -75,12 +76,13 @@ def test_bad_samples_stop_or_are_skipped_with_a_list(tmp_path: Path, tiny_data: 
 
 
 def test_missing_root_and_empty_dataset(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match=r"data.root does not exist"):
+    with pytest.raises(DatasetError, match=r"nowhere: the root does not exist; point it at your CelebA-Spoof copy"):
         FaceDataModule(root=str(tmp_path / "nowhere"), class_scheme=BINARY).prepare_data()
     masks_only = ClassScheme("masks", ("live", "mask"), 0, {0: 0})
     metas = tmp_path / "metas/intra_test"
     metas.mkdir(parents=True)
     (metas / "train_label.json").write_text("{}")
+    (metas / "test_label.json").write_text("{}")
     with pytest.raises(DatasetError, match="the train split has no usable samples for class scheme 'masks'"):
         FaceDataModule(root=str(tmp_path), class_scheme=masks_only).setup()
 
@@ -142,7 +144,7 @@ def test_only_training_items_are_augmented(tiny_data: Path, tmp_path: Path) -> N
     dm = make(tiny_data, input_size=80, train_transform=augmentation("silentface", 80, tmp_path, always=True))
     train = dm.splits["train"]
     assert dm.splits["val"].transform is None and dm.splits["test"].transform is None
-    plain = FaceCropDataset(train.samples, dm.convention)
+    plain = FaceCropDataset(dm.samples["train"], dm.convention)
     assert not torch.equal(train[0]["image"], plain[0]["image"])
     assert train[0]["target"] == plain[0]["target"]
 
@@ -156,7 +158,8 @@ def test_undecodable_images_are_found_before_training(broken_data, tmp_path: Pat
 
     root, broken = broken_data
     train_faults = {key: reason for key, reason in broken.items() if key.startswith("Data/train/")}
-    with pytest.raises(DatasetError, match=rf"{len(train_faults)} unusable sample\(s\) in the train split"):
+    faults = rf"{len(broken)} unusable sample\(s\) \({len(broken) - len(train_faults)} in the test split, "
+    with pytest.raises(DatasetError, match=faults + rf"{len(train_faults)} in the train split\)"):
         make(root, bad_samples_dir=str(tmp_path / "refused"))
     make(root, skip_bad_samples=True, bad_samples_dir=str(tmp_path / "first"))
     with caplog.at_level(logging.INFO):

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
+from fas.detect import DetectorError, YuNetDetector
 from fas.download import DownloadError
-from fas.inference.detect import DetectorError, YuNetDetector
 
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,7 @@ def test_training_test_step_and_evaluate_agree(trained: dict[str, Path], tiny_da
     datamodule = data_module(tiny_data, module)
     trainer.validate(module, datamodule=datamodule)
     trainer.test(module, datamodule=datamodule)
-    _, from_training = module.test_evaluation
+    _, from_training, _ = module.test_evaluation
     files = evaluate(compose_evaluate([f"ckpt_path={trained['ckpt']}", *TINY, f"data.root={tiny_data}"], tmp_path))
     (from_evaluate,) = json.loads(files.metrics.read_text())["models"]
     assert module.threshold.value == pytest.approx(from_evaluate["threshold_choice"]["value"], rel=1e-6)

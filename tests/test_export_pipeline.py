@@ -16,6 +16,7 @@ import pytest
 from fas.convention import ClassScheme
 from fas.data.celeba_spoof import read_split
 from fas.data.datamodule import FaceDataModule
+from fas.data.sample import with_targets
 from fas.export.onnx import read_metadata
 from fas.export.pipeline import ExportError, calibration_images, datamodule_for, export, export_model, labelled_images
 from fas.export.quantize import QuantizationRecipe, quantize
@@ -56,8 +57,8 @@ def test_training_ends_with_both_files_and_the_report(trained: tuple[Path, list[
     export_dir = run_dir / "export"
     assert {p.name for p in export_dir.iterdir()} == {"model.onnx", "model_int8.onnx", "report.json", "report.md"}
     report = json.loads((export_dir / "report.json").read_text())
-    scheme = ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1})
-    assert report["test_images"] == len(read_split(tiny_data, "test", scheme)[0])
+    scheme = ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1, 11: 1})
+    assert report["test_images"] == len(with_targets(read_split(tiny_data, "test")[0], scheme, "test"))
     assert report["source"] == str(best_checkpoint(run_dir))
     assert report["fp32"]["max_abs_logit_diff_vs_pytorch"] <= 1e-4
     assert report["fp32"]["accuracy"] == pytest.approx(report["pytorch"]["accuracy"])

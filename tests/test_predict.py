@@ -13,9 +13,9 @@ import hydra
 import numpy as np
 import pytest
 
+from fas.detect import YuNetDetector
 from fas.download import read_registry
 from fas.errors import ConfigError
-from fas.inference.detect import YuNetDetector
 from fas.inference.media import MediaError
 from fas.predict import predict
 

@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
+from fas.detect import Face, YuNetDetector
 from fas.errors import ConfigError
 from fas.inference.backends import load_backend
-from fas.inference.detect import Face, YuNetDetector
 from fas.inference.predictor import LivenessPredictor, softmax
 
 SILENTFACE = ("silentface/2.7_80x80_MiniFASNetV2.pth", "silentface/4_0_0_80x80_MiniFASNetV1SE.pth")

@@ -10,13 +10,16 @@ import sys
 import tracemalloc
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from fas.data.cache import CropSpec, chunk_path, images_path, manifest_path, samples_path, skipped_path
-from fas.data.celeba_spoof import DatasetError, crop_sample
+from fas.data.celeba_spoof import read_split
+from fas.data.loading import load_crop, pixel_box
 from fas.data.prepare import prepare
+from fas.data.sample import DatasetError
 from fas.export.onnx import read_metadata
 from fas.train import train
 
@@ -62,11 +65,14 @@ def test_cached_crops_are_the_crops_of_the_original_images(prepared: Path, broke
         assert images.shape == (len(keys), 64, 64, 3) and images.dtype == np.uint8
         rows = read_tsv(samples_path(prepared, split))
         assert [r["key"] for r in rows] == [k for k in keys if k not in broken]
+        records = {s.key: s for s in read_split(root, split)[0]}
         for row in rows[:5]:
-            box = tuple(float(row[c]) for c in "xywh")
-            expected = crop_sample(root / row["key"], box, CROP.convention())
-            np.testing.assert_array_equal(images[int(row["row"])], expected)
+            record = records[row["key"]]
+            np.testing.assert_array_equal(images[int(row["row"])], load_crop(record, CROP.convention()))
             assert int(row["row"]) == keys.index(row["key"])
+            height, width = cv2.imread(str(record.path)).shape[:2]
+            assert tuple(float(row[c]) for c in "xywh") == pytest.approx(pixel_box(record, width, height))
+            assert (row["box_from"], row["file"], row["frame"]) == ("given", str(record.path), "")
         skipped_rows = [keys.index(k) for k in broken if k.split("/")[1] == split]
         assert not images[skipped_rows].any()
 
@@ -134,7 +140,7 @@ def test_a_file_as_root_or_output_is_refused_by_name(broken_data, tmp_path: Path
     a_file.write_text("x")
     with pytest.raises(DatasetError, match=rf"{a_file}: output is a file, not a folder; choose a new or empty folder"):
         prepare(root, a_file, CropSpec(64), progress=False)
-    with pytest.raises(DatasetError, match=rf"{a_file}: root is a file, not a folder"):
+    with pytest.raises(DatasetError, match=rf"{a_file}: the root is a file, not a folder"):
         prepare(a_file, tmp_path / "cache", CropSpec(64), progress=False)
 
 
@@ -203,3 +209,47 @@ def test_training_runs_on_the_prepared_cache(prepared: Path, tmp_path: Path) -> 
     assert exported.class_scheme.real_class_index == 1 and exported.convention.input_size == 64
     with pytest.raises(DatasetError, match=r"the cache holds 64x64 crops .* Train with data.input_size=64"):
         train(compose_train([*overrides[:2], "+trainer.enable_progress_bar=false"], tmp_path / "mismatch"))
+
+
+@pytest.fixture(scope="module")
+def prepared_folder(tiny_folder: Path, reference_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`python -m fas.data.prepare source=folder` on the folder twin: boxes given or detected by YuNet."""
+    from fas.data.folder import FolderSource
+    from fas.detect import detector_factory
+
+    yunet = reference_dir / "yunet/face_detection_yunet_2023mar.onnx"
+    detector = detector_factory({"_target_": "fas.detect.YuNetDetector", "model_path": str(yunet)})
+    output = tmp_path_factory.mktemp("prepared_folder") / "cache"
+    summary = prepare(FolderSource(str(tiny_folder)), output, CROP, detector, workers=2, chunk_size=16, progress=False)
+    return output, summary
+
+
+def test_a_folder_is_prepared_with_given_boxes_and_detected_faces(prepared_folder, tiny_folder: Path) -> None:
+    output, summary = prepared_folder
+    rows = [row for split in ("train", "test") for row in read_tsv(samples_path(output, split))]
+    given = [r for r in rows if r["box_from"] == "given"]
+    detected = [r for r in rows if r["box_from"] == "detected"]
+    assert given and detected and len(given) + len(detected) == sum(summary.samples.values())
+    for row in given:  # the pixel _BB.txt, unchanged
+        path = Path(row["file"])
+        assert [float(row[c]) for c in "xywh"] == [
+            float(v) for v in path.with_name(f"{path.stem}_BB.txt").read_text().split()
+        ]
+    assert all(0.8 <= float(r["detector_score"]) <= 1 for r in detected)
+    assert {r["frame"] for r in rows if r["file"].endswith(".mp4")} <= {str(f) for f in range(12)}
+    assert any(r["file"].endswith(".mp4") for r in detected)
+
+
+def test_faces_not_found_are_listed_and_counted_per_class(prepared_folder) -> None:
+    output, summary = prepared_folder
+    skipped = read_tsv(skipped_path(output))
+    assert skipped and all("no face found (detector score threshold 0.8)" in r["reason"] for r in skipped)
+    per_class: dict[str, int] = {}
+    for row in skipped:
+        name = {"0": "live", "1": "photo", "7": "pc", "11": "unknown"}[row["spoof_type"]]
+        per_class[name] = per_class.get(name, 0) + 1
+    assert {name: sum(reasons.values()) for name, reasons in summary.skipped_by_type.items()} == per_class
+    text = str(summary)
+    for name, lost in per_class.items():
+        total = summary.records_by_type[name]
+        assert f"  {name}: skipped {lost} of {total} ({100 * lost / total:.1f}%): no face found {lost}" in text

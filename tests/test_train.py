@@ -151,7 +151,7 @@ def test_cli_input_size_and_root_errors_are_one_line(tmp_path: Path, tiny_data: 
     )
     a_file = tiny_data / "metas" / "intra_test" / "train_label.json"
     line = error_line(run_cli("data=celeba_spoof", f"data.root={a_file}", cwd=tmp_path))
-    assert line == f"error: {a_file}: data.root is a file, not a folder; point it at your CelebA-Spoof copy"
+    assert line == f"error: {a_file}: the root is a file, not a folder; point it at your CelebA-Spoof copy"
 
 
 def test_cli_unknown_backbone(tmp_path: Path, tiny_data: Path) -> None:

@@ -40,12 +40,12 @@ import onnxruntime as ort
 import torch
 
 from fas.data.crop import letterbox, square_about_box
+from fas.detect import YuNetDetector
 from fas.download import read_registry, resolve_model_file
 from fas.export.onnx import export_onnx, read_metadata
 from fas.export.quantize import QuantizationRecipe, quantize
 from fas.export.rewrite import optimize_for_cpu
 from fas.inference.backends import load_backend
-from fas.inference.detect import YuNetDetector
 from fas.inference.predictor import LivenessPredictor
 from fas.inference.preprocess import face_batch
 

@@ -1,14 +1,18 @@
-"""The packed crop cache: every face of a CelebA-Spoof split cropped once into one uint8 array.
+"""The packed crop cache: every face of a data source's split cropped once into one uint8 array.
 
-`python -m fas.data.prepare` (fas/data/prepare.py) writes it; `data.cache=<folder>` trains from it.
+`python -m fas.data.prepare` (fas/data/prepare.py) writes it; `data.cache=<folder>` trains from it, and
+folder and manifest sources are prepared into one automatically (their faces detected once).
 
-    <cache>/manifest.json        format version, crop settings, protocol, source, counts, `complete`
-    <cache>/<split>_images.npy   (rows, size, size, 3) uint8 RGB; row i is the i-th entry of the label
-                                 file (rows of skipped samples stay zero and are never read)
-    <cache>/<split>_samples.tsv  the rows that hold a crop: row, key, subject, spoof type, illumination,
-                                 environment and the `_BB.txt` box
-    <cache>/skipped.tsv          every sample that could not be cropped, the file at fault and why
+    <cache>/manifest.json        format version, crop settings, source settings and files, counts, `complete`
+    <cache>/<split>_images.npy   (rows, size, size, 3) uint8 RGB; row i is the source's i-th record of the
+                                 split (rows of skipped records stay zero and are never read)
+    <cache>/<split>_samples.tsv  the rows that hold a crop: the sample record (key, file, frame, subject,
+                                 spoof type, illumination, environment), the face box in pixels and
+                                 whether it was given or detected (with the detector's score)
+    <cache>/skipped.tsv          every record that could not be cropped, the file at fault, its type and why
     <cache>/chunks/              one result file per finished chunk: what makes a re-run resume
+
+Caches of format version 1 (CelebA-Spoof only, boxes in the 224x224 frame) are still read.
 
 Why raw uint8 in a memory-mapped .npy rather than re-encoded JPEG shards (WebDataset, LitData):
 spoof cues are high-frequency (moire, halftone, sub-pixel stripes), and a second lossy generation
@@ -26,24 +30,39 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fas.convention import CROP_MODES, ClassScheme, InputConvention
-from fas.data.celeba_spoof import SPOOF_TYPES, DatasetError, Sample, count_excluded
-from fas.data.crop import interpolation_flag
+from fas.convention import CROP_MODES, InputConvention
+from fas.data.crop import BB_FRAME, interpolation_flag
+from fas.data.sample import DatasetError, Sample
 from fas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 FORMAT = "fas-face-crops"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 SKIPPED = "skipped.tsv"
-SAMPLE_COLUMNS = ("row", "key", "subject", "spoof_type", "illumination", "environment", "x", "y", "w", "h")
-SKIPPED_COLUMNS = ("split", "key", "file", "reason")
+SAMPLE_COLUMNS = (
+    "row",
+    "key",
+    "file",
+    "frame",
+    "subject",
+    "spoof_type",
+    "illumination",
+    "environment",
+    "x",
+    "y",
+    "w",
+    "h",
+    "box_from",
+    "detector_score",
+)
+SKIPPED_COLUMNS = ("split", "key", "file", "spoof_type", "reason")
 
 
 @dataclass(frozen=True)
@@ -110,18 +129,18 @@ def chunk_path(cache: Path, split: str, index: int) -> Path:
 
 
 def settings(
-    crop: CropSpec, protocol: str, source: Path, chunk_size: int, rows: dict[str, int], labels_sha256: dict[str, str]
+    crop: CropSpec, source: dict[str, Any], root: Path, chunk_size: int, rows: dict[str, int], files: dict[str, str]
 ) -> dict:
     """What a cache is made of; a re-run with different settings must not mix into it."""
     return {
         "format": FORMAT,
         "version": VERSION,
         "crop": asdict(crop),
-        "protocol": protocol,
-        "source": str(source),
+        "source_settings": source,
+        "source": str(root),
         "chunk_size": chunk_size,
         "rows": rows,
-        "labels_sha256": labels_sha256,
+        "files_sha256": files,
     }
 
 
@@ -132,17 +151,27 @@ def read_manifest(cache: Path) -> dict[str, Any]:
             f"{path}: no cache manifest. Point data.cache at a folder made by "
             "`python -m fas.data.prepare root=<CelebA_Spoof> output=<folder>`"
         )
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DatasetError(f"{path}: unreadable cache manifest ({error}); prepare the cache again") from None
+    if manifest.get("format") != FORMAT or manifest.get("version") not in READABLE_VERSIONS:
         raise DatasetError(
             f"{path}: cache format {manifest.get('format')} v{manifest.get('version')}, this fas reads {FORMAT} "
-            f"v{VERSION}; prepare the cache again into a new folder"
+            f"v{'/'.join(map(str, READABLE_VERSIONS))}; prepare the cache again into a new folder"
         )
     return manifest
 
 
-def open_cache(cache: Path, crop: CropSpec, protocol: str) -> dict[str, Any]:
-    """The manifest of a complete cache made with these crop settings and protocol.
+def source_settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The source settings a cache was made with (a version-1 cache: CelebA-Spoof and its protocol)."""
+    if manifest["version"] == 1:
+        return {"kind": "celeba_spoof", "protocol": manifest["protocol"]}
+    return manifest["source_settings"]
+
+
+def open_cache(cache: Path, crop: CropSpec, wanted_source: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a complete cache made with these crop settings and this source's settings.
 
     Anything else is refused with the overrides that fit the cache, so the model's recorded input
     convention always describes the crops it was trained on.
@@ -156,10 +185,12 @@ def open_cache(cache: Path, crop: CropSpec, protocol: str) -> dict[str, Any]:
             f"Train with {made.as_data_overrides()}, or prepare a matching cache: python -m fas.data.prepare "
             f"root={manifest['source']} output=<new folder> {crop.as_prepare_overrides()}"
         )
-    if manifest["protocol"] != protocol:
+    differences = settings_differences(source_settings(manifest), wanted_source)
+    if differences:
+        key, made_value, wanted_value = differences[0]
         raise DatasetError(
-            f"{path}: the cache was made for protocol '{manifest['protocol']}', the config asks for '{protocol}'. "
-            f"Set data.protocol={manifest['protocol']}, or prepare a cache with protocol={protocol}"
+            f"{path}: the cache was made for {key} {made_value!r}, the config asks for {wanted_value!r}. "
+            f"Set data.{key}={made_value}, or prepare a cache with source.{key}={wanted_value}"
         )
     if not manifest.get("complete"):
         raise DatasetError(
@@ -169,31 +200,45 @@ def open_cache(cache: Path, crop: CropSpec, protocol: str) -> dict[str, Any]:
     return manifest
 
 
-def read_cached_split(cache: Path, split: str, class_scheme: ClassScheme) -> list[Sample]:
-    """The cached samples of a split that the class scheme keeps, each with its `cache_row`."""
+def settings_differences(made: dict[str, Any], wanted: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    return [
+        (key, made.get(key), wanted.get(key))
+        for key in sorted(set(made) | set(wanted))
+        if made.get(key) != wanted.get(key)
+    ]
+
+
+def cached_splits(cache: Path) -> list[str]:
+    return list(read_manifest(cache)["rows"])
+
+
+def read_cached_split(cache: Path, split: str, source_name: str) -> list[Sample]:
+    """The cached samples of a split, each with its `cache_row` (the class scheme is applied by the caller)."""
     manifest = read_manifest(cache)
-    source = Path(manifest["source"])
+    root = Path(manifest["source"])
     samples: list[Sample] = []
-    excluded: Counter[str] = Counter()
     with samples_path(cache, split).open(newline="") as file:
         for row in csv.DictReader(file, delimiter="\t"):
-            spoof_type = int(row["spoof_type"])
-            target = class_scheme.class_of(spoof_type)
-            if target is None:
-                excluded[SPOOF_TYPES.get(spoof_type, str(spoof_type))] += 1
-                continue
+            box = (float(row["x"]), float(row["y"]), float(row["w"]), float(row["h"]))
+            if manifest["version"] == 1:  # CelebA-Spoof: the image under the source root, the _BB.txt frame
+                path, frame, box_frame = root / row["key"], None, (BB_FRAME, BB_FRAME)
+            else:
+                path, box_frame = Path(row["file"]), None
+                frame = int(row["frame"]) if row["frame"] else None
             samples.append(
                 Sample(
-                    key=row["key"],
-                    image_path=source / row["key"],
-                    box_224=(float(row["x"]), float(row["y"]), float(row["w"]), float(row["h"])),
+                    path=path,
+                    frame=frame,
+                    box=box,
+                    spoof_type=int(row["spoof_type"]),
                     subject=row["subject"],
-                    spoof_type=spoof_type,
+                    split=None if split == "all" else split,
+                    source=source_name,
+                    key=row["key"],
+                    box_frame=box_frame,
                     illumination=int(row["illumination"]),
                     environment=int(row["environment"]),
-                    target=target,
                     cache_row=int(row["row"]),
                 )
             )
-    count_excluded(split, class_scheme, excluded)
     return samples

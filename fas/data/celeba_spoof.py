@@ -1,87 +1,34 @@
-"""Reader of the CelebA-Spoof layout: label JSON -> samples, `_BB.txt` -> face box, class scheme -> target.
+"""Reader of the CelebA-Spoof layout: label JSON -> `Sample` records, `_BB.txt` -> face box.
 
 Layout: `<root>/Data/{train,test}/<subject>/{live,spoof}/<id>.{jpg,png}` with `<id>_BB.txt` beside each
 image, labels in `<root>/metas/intra_test/{train,test}_label.json` as `{"Data/train/...jpg": [44 ints]}`.
 The cross-test protocols keep the same label files under `metas/protocol1/` and
 `metas/protocol2/test_on_{high,middle,low}_quality_device/`: pass that folder as `protocol`.
+`_BB.txt` boxes stay in their 224x224 frame (`Sample.box_frame`); the crop scales them to the image.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
-
-from fas.convention import ClassScheme, InputConvention
-from fas.data.crop import Box, bb224_to_pixels, crop_face, is_valid_box
-from fas.errors import FasError
+from fas.data.crop import BB_FRAME, Box
+from fas.data.sample import BadSample, DatasetError, Sample, SampleError, bb_path, read_box_file
+from fas.data.synthetic import SyntheticConfig, generate
+from fas.download import sha256_of
 
 log = logging.getLogger(__name__)
 
 LABEL_LENGTH = 44
 SPOOF_TYPE, ILLUMINATION, ENVIRONMENT, LIVE_OR_SPOOF = 40, 41, 42, 43
-SPOOF_TYPES = {
-    0: "live",
-    1: "photo",
-    2: "poster",
-    3: "a4",
-    4: "face_mask",
-    5: "upper_body_mask",
-    6: "region_mask",
-    7: "pc",
-    8: "pad",
-    9: "phone",
-    10: "3d_mask",
-}
 ILLUMINATIONS = {0: "live", 1: "normal", 2: "strong", 3: "back", 4: "dark"}
 ENVIRONMENTS = {0: "live", 1: "indoor", 2: "outdoor"}
-
-
-class DatasetError(FasError, ValueError):
-    """A dataset problem the user must fix; the message names the file and the fix."""
-
-
-class SampleError(DatasetError):
-    """One sample cannot be used: `path` is the file at fault, `reason` says why (listed in bad-sample files)."""
-
-    def __init__(self, path: Path, reason: str, fix: str = "") -> None:
-        super().__init__(f"{path}: {reason}" + (f"; {fix}" if fix else ""))
-        self.path = Path(path)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One labelled image. `box_224` is the `_BB.txt` box, still in the 224x224 frame."""
-
-    key: str
-    image_path: Path
-    box_224: Box
-    subject: str
-    spoof_type: int
-    illumination: int
-    environment: int
-    target: int
-    cache_row: int | None = None  # row of the crop in a packed cache (fas.data.cache); None: crop from the image
-
-
-@dataclass(frozen=True)
-class BadSample:
-    path: Path
-    reason: str
-
-
+SOURCE_NAME = "celeba_spoof"
 DEFAULT_PROTOCOL = "intra_test"
-JPEG_START, JPEG_SCAN, JPEG_END = b"\xff\xd8", b"\xff\xda", b"\xff\xd9"
-PNG_SIGNATURE, PNG_END = b"\x89PNG\r\n\x1a\n", b"\x00\x00\x00\x00IEND"
+BB_FRAME_SIZE = (BB_FRAME, BB_FRAME)
 
 
 def label_file(root: Path, split: str, protocol: str = DEFAULT_PROTOCOL) -> Path:
@@ -95,23 +42,9 @@ def available_protocols(root: Path) -> list[str]:
     return sorted(str(p.parent.relative_to(metas)) for p in metas.rglob("train_label.json")) if metas.is_dir() else []
 
 
-def bb_path(image_path: Path) -> Path:
-    return image_path.with_name(f"{image_path.stem}_BB.txt")
-
-
 def read_bb(path: Path) -> Box:
     """Parse `x y w h score` (224 frame). Raises SampleError with the reason when it is unusable."""
-    if not path.is_file():
-        raise SampleError(path, "missing _BB.txt")
-    fields = path.read_text(errors="replace").split()
-    if len(fields) < 4:
-        raise SampleError(path, f"malformed _BB.txt, expected 'x y w h score', got {' '.join(fields)!r}")
-    try:
-        x, y, w, h = (float(v) for v in fields[:4])
-    except ValueError:
-        raise SampleError(path, f"malformed _BB.txt, non-numeric values {' '.join(fields[:4])!r}") from None
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        raise SampleError(path, f"degenerate box x={x} y={y} w={w} h={h}")
+    x, y, w, h = read_box_file(path)
     if x >= 224 or y >= 224 or x + w <= 0 or y + h <= 0:
         raise SampleError(path, f"box x={x} y={y} w={w} h={h} lies outside the 224x224 frame")
     return (x, y, w, h)
@@ -217,111 +150,92 @@ def protocol_labels(root: Path, split: str, protocol: str = DEFAULT_PROTOCOL) ->
     return load_labels(protocol_label_file(root, split, protocol))
 
 
-def count_excluded(split: str, class_scheme: ClassScheme, excluded: Counter[str]) -> None:
-    if excluded:
-        log.info("%s split: class scheme '%s' excludes %s", split, class_scheme.name, dict(excluded))
-
-
-def read_split(
-    root: Path, split: str, class_scheme: ClassScheme, protocol: str = DEFAULT_PROTOCOL
-) -> tuple[list[Sample], list[BadSample]]:
-    """All samples of a split the class scheme keeps, plus the ones that cannot be used and why.
-
-    Samples whose spoof type the scheme excludes are counted in the log, not returned.
-    """
-    root = Path(root)
-    labels = protocol_labels(root, split, protocol)
+def read_split(root: Path, split: str, protocol: str = DEFAULT_PROTOCOL) -> tuple[list[Sample], list[BadSample]]:
+    """Every labelled sample of a split, plus the ones that cannot be used (missing image or `_BB.txt`) and why."""
     samples: list[Sample] = []
     bad: list[BadSample] = []
-    excluded: Counter[str] = Counter()
-    for key, vector in labels.items():
-        spoof_type = int(vector[SPOOF_TYPE])
-        target = class_scheme.class_of(spoof_type)
-        if target is None:
-            excluded[SPOOF_TYPES.get(spoof_type, str(spoof_type))] += 1
-            continue
-        image_path = root / key
-        if not image_path.is_file():
-            bad.append(BadSample(image_path, "image file missing"))
-            continue
-        try:
-            box = read_bb(bb_path(image_path))
-        except SampleError as error:
-            bad.append(BadSample(error.path, error.reason))
-            continue
-        samples.append(
-            Sample(
-                key=key,
-                image_path=image_path,
-                box_224=box,
-                subject=subject_of(key),
-                spoof_type=spoof_type,
-                illumination=int(vector[ILLUMINATION]),
-                environment=int(vector[ENVIRONMENT]),
-                target=target,
-            )
-        )
-    count_excluded(split, class_scheme, excluded)
+    for record in iter_split(Path(root), split, protocol):
+        (samples if isinstance(record, Sample) else bad).append(record)
     return samples, bad
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Read an image as HxWx3 uint8 BGR (EXIF orientation applied, as `cv2.imread` does).
+def iter_split(root: Path, split: str, protocol: str = DEFAULT_PROTOCOL) -> Iterator[Sample | BadSample]:
+    """The records of a split in label-file order, streamed (prepare's memory does not grow with the dataset)."""
+    for key, vector in iter_labels(protocol_label_file(root, split, protocol)):
+        yield record_of(root, split, key, vector)
 
-    Grayscale, RGBA and 16-bit files are converted. A JPEG or PNG cut short is refused even where the
-    decoder would return a partly grey image (OpenCV 4 does): it has no end marker after its last scan.
-    """
-    fix = "re-extract it from the dataset archive or remove it from the label file"
+
+def record_of(root: Path, split: str, key: str, vector: list[int]) -> Sample | BadSample:
+    spoof_type = int(vector[SPOOF_TYPE])
+    image_path = root / key
+    if not image_path.is_file():
+        return BadSample(image_path, "image file missing", key, split, spoof_type)
     try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise SampleError(path, "image file missing", fix) from None
-    except OSError as error:
-        raise SampleError(path, f"cannot read the image ({error.strerror or error})", fix) from None
-    if not data:
-        raise SampleError(path, "empty image file", fix)
-    if truncated(data):
-        raise SampleError(path, "truncated image (no end-of-image marker)", fix)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise SampleError(path, "cannot decode the image (corrupt or not an image)", fix)
-    return image
+        box = read_bb(bb_path(image_path))
+    except SampleError as error:
+        return BadSample(error.path, error.reason, key, split, spoof_type)
+    return Sample(
+        path=image_path,
+        frame=None,
+        box=box,
+        spoof_type=spoof_type,
+        subject=subject_of(key),
+        split=split,
+        source=SOURCE_NAME,
+        key=key,
+        box_frame=BB_FRAME_SIZE,
+        illumination=int(vector[ILLUMINATION]),
+        environment=int(vector[ENVIRONMENT]),
+    )
 
 
-def crop_sample(
-    image_path: Path, box_224: Box, convention: InputConvention, interpolation: str | None = None
-) -> np.ndarray:
-    """The face crop of one sample as HxWx3 uint8 RGB, before augmentation (SampleError if unusable)."""
-    image = read_image(image_path)
-    height, width = image.shape[:2]
-    box = bb224_to_pixels(box_224, width, height)
-    problem = box_problem(box, width, height)
-    if problem:
-        raise SampleError(image_path, problem)
-    try:
-        crop = crop_face(image, box, convention, interpolation)
-    except (cv2.error, ValueError) as error:
-        raise SampleError(image_path, f"crop failed ({str(error).strip().splitlines()[-1]})") from None
-    return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+class CelebASpoofSource:
+    """CelebA-Spoof (or any folder in its layout, such as the generated `data=synthetic`) as a data source.
 
-
-def box_problem(box: Box, width: int, height: int) -> str | None:
-    """Why a face box (pixels) cannot be cropped from a width x height image, or None when it can."""
-    if is_valid_box(box, width, height):
-        return None
-    x, y, w, h = (round(v, 1) for v in box)
-    return f"face box x={x} y={y} w={w} h={h} is under a pixel or outside the {width}x{height} image"
-
-
-def truncated(data: bytes) -> bool:
-    """True for a JPEG with no end marker after its last scan, or a PNG with no IEND chunk.
-
-    Scan data never holds a 0xFFD9 pair (0xFF bytes are stuffed), and bytes appended after the end
-    marker (maker trailers, a second MPF picture) leave the check unaffected.
+    `synthetic` (the settings of `fas.data.synthetic.SyntheticConfig`) generates the embedded dataset
+    under `root` first. `cache` names a packed crop cache made by `python -m fas.data.prepare` to read
+    the crops from instead of the images.
     """
-    if data.startswith(JPEG_START):
-        last_scan = data.rfind(JPEG_SCAN)
-        return last_scan < 0 or data.find(JPEG_END, last_scan) < 0
-    if data.startswith(PNG_SIGNATURE):
-        return data.rfind(PNG_END) < 0
-    return False
+
+    kind = "celeba_spoof"
+    splits = ("train", "test")
+
+    def __init__(
+        self,
+        root: str | None,
+        protocol: str = DEFAULT_PROTOCOL,
+        weight: float = 1.0,
+        cache: str | None = None,
+        synthetic: dict[str, Any] | None = None,
+        name: str = SOURCE_NAME,
+    ) -> None:
+        self.root = Path(root) if root is not None else None
+        self.protocol = protocol
+        self.weight = float(weight)
+        self.cache = Path(cache) if cache is not None else None
+        self.synthetic = synthetic
+        self.name = name
+
+    def prepare(self) -> None:
+        """Generate the embedded dataset (once), or check the folder exists."""
+        if self.synthetic is not None:
+            generate(self.root, SyntheticConfig(**self.synthetic))
+        elif self.root is None:
+            raise DatasetError("data.root is not set: point it at your CelebA-Spoof copy")
+        elif self.root.exists() and not self.root.is_dir():
+            raise DatasetError(f"{self.root}: the root is a file, not a folder; point it at your CelebA-Spoof copy")
+        elif not self.root.is_dir():
+            raise DatasetError(f"{self.root}: the root does not exist; point it at your CelebA-Spoof copy")
+
+    def settings(self) -> dict[str, Any]:
+        """What a packed cache of this source must have been made with."""
+        return {"kind": self.kind, "protocol": self.protocol}
+
+    def records(self, splits: Sequence[str] | None = None) -> Iterator[Sample | BadSample]:
+        for split in splits or self.splits:
+            yield from iter_split(self.root, split, self.protocol)
+
+    def fingerprint(self, splits: Sequence[str] | None = None) -> dict[str, str]:
+        """The sha256 of each split's label file: a cache made from other labels is not this source's."""
+        label_files = {split: protocol_label_file(self.root, split, self.protocol) for split in splits or self.splits}
+        return {split: sha256_of(path) for split, path in label_files.items()}

@@ -1,8 +1,21 @@
-"""Face-crop dataset and the LightningDataModule shared by `data=celeba_spoof` and `data=synthetic`."""
+"""Face-crop datasets and the LightningDataModule of every data config (CelebA-Spoof, folders, manifests, mixes).
+
+The datamodule reads `Sample` records from its sources, whatever their format, and builds the train,
+val and test splits from them: a source's own `train`/`val`/`test` parts where it has them, the
+validation part held out by subject from its training part, and a source without parts split by
+subject into all three (or, for evaluation, wholly the evaluated part). Crops come from the files
+(CelebA-Spoof, checked up front) or from a packed cache: the one `data.cache` names, or, for folder
+and manifest sources, one the datamodule prepares itself so faces are detected and videos decoded once.
+"""
 
 from __future__ import annotations
 
+import bisect
+import copy
+import hashlib
+import json
 import logging
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,25 +27,29 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fas.convention import ClassScheme, InputConvention
-from fas.data.cache import CropSpec, images_path, open_cache, read_cached_split, skipped_path
-from fas.data.celeba_spoof import (
-    DEFAULT_PROTOCOL,
-    BadSample,
-    DatasetError,
-    Sample,
-    box_problem,
-    crop_sample,
-    read_split,
+from fas.data.cache import (
+    CropSpec,
+    cached_splits,
+    images_path,
+    open_cache,
+    read_cached_split,
+    read_manifest,
+    skipped_path,
 )
-from fas.data.crop import bb224_to_pixels, normalize
+from fas.data.celeba_spoof import DEFAULT_PROTOCOL, CelebASpoofSource
+from fas.data.crop import normalize
 from fas.data.image_check import check_images
-from fas.data.synthetic import SyntheticConfig, generate
+from fas.data.loading import box_problem, load_crop, pixel_box
+from fas.data.prepare import Source, prepare
+from fas.data.sample import BadSample, DatasetError, Sample, with_targets
 from fas.download import cache_dir
 from fas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 Transform = Callable[..., dict[str, Any]]
+UNSPLIT_RULES = ("split", "test")
+AUTO_CACHE = "auto"
 
 
 def face_item(
@@ -60,8 +77,12 @@ def face_item(
     }
 
 
+def labels_of(sample: Sample) -> tuple[int, int, int, int]:
+    return (sample.target, sample.spoof_type, sample.illumination, sample.environment)
+
+
 class FaceCropDataset(Dataset):
-    """Reads an image, crops the face with the convention's rule, augments, normalises.
+    """Reads an image (or video frame), crops the face with the convention's rule, augments, normalises.
 
     Items are dicts: `image` (3xSxS float), `target` (class index), and the CelebA-Spoof
     `spoof_type`, `illumination`, `environment` codes for per-condition breakdowns.
@@ -84,51 +105,82 @@ class FaceCropDataset(Dataset):
 
     def load_crop(self, index: int) -> np.ndarray:
         """The face crop as HxWx3 uint8 RGB, before augmentation."""
-        sample = self.samples[index]
-        return crop_sample(sample.image_path, sample.box_224, self.convention, self.interpolation)
+        return load_crop(self.samples[index], self.convention, self.interpolation)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, seed = key if isinstance(key, tuple) else (key, None)
-        sample = self.samples[index]
-        labels = (sample.target, sample.spoof_type, sample.illumination, sample.environment)
-        return face_item(self.load_crop(index), labels, self.convention, self.transform, seed)
+        return face_item(self.load_crop(index), labels_of(self.samples[index]), self.convention, self.transform, seed)
 
 
 class PackedCropDataset(Dataset):
     """Ready-made crops from a packed cache (fas/data/cache.py); items as FaceCropDataset's.
 
     Per-sample data lives in numpy arrays, not Python objects, so forked loader workers share it
-    instead of copying it page by page; each worker maps the image array on first use.
+    instead of copying it page by page; each worker maps the image arrays on first use.
     """
 
-    def __init__(
-        self,
-        images: Path,
-        samples: Sequence[Sample],
-        convention: InputConvention,
-        transform: Transform | None = None,
-    ):
-        self.images_path = Path(images)
+    def __init__(self, cache: Path, samples: Sequence[Sample], convention: InputConvention, transform=None):
+        self.arrays = sorted({s.split or "all" for s in samples})
+        self.paths = [images_path(cache, split) for split in self.arrays]
+        self.array_of = np.array([self.arrays.index(s.split or "all") for s in samples], np.int64)
         self.rows = np.array([s.cache_row for s in samples], np.int64)
-        self.labels = np.array([(s.target, s.spoof_type, s.illumination, s.environment) for s in samples], np.int64)
+        self.labels = np.array([labels_of(s) for s in samples], np.int64)
         self.convention = convention
         self.transform = transform
-        self._images: np.ndarray | None = None
+        self._images: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_images": None}  # workers map the file themselves; never pickle the pixels
+        return {**self.__dict__, "_images": None}  # workers map the files themselves; never pickle the pixels
 
     def load_crop(self, index: int) -> np.ndarray:
         if self._images is None:
-            self._images = np.load(self.images_path, mmap_mode="r")
-        return np.array(self._images[self.rows[index]])
+            self._images = [np.load(path, mmap_mode="r") for path in self.paths]
+        return np.array(self._images[self.array_of[index]][self.rows[index]])
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, seed = key if isinstance(key, tuple) else (key, None)
         return face_item(self.load_crop(index), self.labels[index], self.convention, self.transform, seed)
+
+
+class SplitDataset(Dataset):
+    """One split over every source: the items of each source's dataset in turn, with the source's index
+    (`source`) for per-source metrics. `transform` sets the augmentation of every part."""
+
+    def __init__(self, parts: Sequence[tuple[int, Dataset]]) -> None:
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(dataset) for _, dataset in self.parts]).tolist()
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    @property
+    def transform(self) -> Transform | None:
+        return self.parts[0][1].transform if self.parts else None
+
+    @transform.setter
+    def transform(self, transform: Transform | None) -> None:
+        for _, dataset in self.parts:
+            dataset.transform = transform
+
+    def without_augmentation(self) -> SplitDataset:
+        """The same items, unaugmented (calibration and parity crops), leaving this dataset as it is."""
+        parts = [(source, copy.copy(dataset)) for source, dataset in self.parts]
+        for _, dataset in parts:
+            dataset.transform = None
+        return SplitDataset(parts)
+
+    def source_of(self, index: int) -> int:
+        return self.parts[bisect.bisect_right(self.offsets, index) - 1][0]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        part = bisect.bisect_right(self.offsets, index) - 1
+        source, dataset = self.parts[part]
+        local = index - self.offsets[part]
+        return {**dataset[(local, seed) if seed is not None else local], "source": source}
 
 
 def single_threaded_opencv(worker_id: int) -> None:
@@ -146,14 +198,17 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
     It starts at `epoch`: Lightning creates the first iterator before its first `set_epoch`, and loader
     workers prefetch from it at once, so a sampler created at epoch 0 would feed a resumed run the
     first batches (with persistent workers, the whole first epoch) in epoch 0's order.
+    With `weights` (one per sample: its source's sampling weight) an epoch draws as many samples as
+    there are, with replacement, each with probability proportional to its weight.
     Under torch.distributed each rank takes every world-size-th pair of the same permutation (padded
     to equal length), which is why `trainer=ddp` sets `use_distributed_sampler: false`.
     """
 
-    def __init__(self, size: int, seed: int, epoch: int = 0) -> None:
+    def __init__(self, size: int, seed: int, epoch: int = 0, weights: Sequence[float] | None = None) -> None:
         self.size = size
         self.seed = seed
         self.epoch = epoch
+        self.weights = torch.as_tensor(weights, dtype=torch.float64) if weights is not None else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -168,7 +223,10 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator)
+        if self.weights is None:
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
         seeds = torch.randint(0, 2**31 - 1, (self.size,), generator=generator)
         rank, world = self._world()
         padded = torch.cat([order, order[: len(self) * world - self.size]])
@@ -193,17 +251,24 @@ def split_by_subject(samples: Sequence[Sample], val_fraction: float, seed: int) 
 
 
 class FaceDataModule(L.LightningDataModule):
-    """CelebA-Spoof-layout data: official train/test split, validation held out by subject.
+    """Train, validation and test splits over one or more data sources.
 
-    Crops come from the original images under `root`, or, with `cache` set, from a packed cache made
-    by `python -m fas.data.prepare` (whose crop settings must match these). With `synthetic` set,
-    `prepare_data` first generates the embedded dataset under `root`.
+    `sources` maps names to sources (`configs/source/`: CelebA-Spoof, folder, manifest). Without it,
+    `root` (with `protocol`, `cache`, `synthetic`) is one CelebA-Spoof-layout source, as `data=celeba_spoof`,
+    `data=celeba_spoof_packed` and `data=synthetic` configure it. (`data=folder` and `data=manifest` pass
+    their `root` / `manifest` on to their source; `manifest` is not read here.) `held_out` names a source that is
+    tested on whole and not trained on (leave-one-dataset-out). `unsplit` says what becomes of a source
+    without train/test parts: `split` by subject into all three (training), or `test` whole (evaluation).
+    `detector` builds the face detector for sources whose records lack boxes; `prepared_dir` is where
+    their automatic caches go.
     """
 
     def __init__(
         self,
         root: str | None,
         class_scheme: ClassScheme,
+        sources: dict[str, Source] | None = None,
+        manifest: str | None = None,
         input_size: int = 80,
         crop_scale: float = 2.7,
         crop_mode: str = "shift",
@@ -217,6 +282,9 @@ class FaceDataModule(L.LightningDataModule):
         num_workers: int = 0,
         protocol: str = DEFAULT_PROTOCOL,
         val_fraction: float = 0.15,
+        test_fraction: float = 0.2,
+        unsplit: str = "split",
+        held_out: str | None = None,
         split_seed: int = 0,
         seed: int = 0,
         skip_bad_samples: bool = False,
@@ -225,15 +293,27 @@ class FaceDataModule(L.LightningDataModule):
         train_transform: Transform | None = None,
         synthetic: dict[str, Any] | None = None,
         cache: str | None = None,
+        detector: Callable[[], Any] | None = None,
+        prepared_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if root is None and cache is None:
-            raise ConfigError(
-                "Neither data.root nor data.cache is set: pass data.cache=<folder made by python -m fas.data.prepare>, "
-                "or data=celeba_spoof data.root=/path/to/CelebA_Spoof"
-            )
-        self.root = Path(root) if root is not None else None
-        self.cache = Path(cache) if cache is not None else None
+        if sources is None:
+            if root is None and cache is None:
+                raise ConfigError(
+                    "Neither data.root nor data.cache is set: pass data.cache=<folder made by python -m "
+                    "fas.data.prepare>, or data=celeba_spoof data.root=/path/to/CelebA_Spoof"
+                )
+            sources = {"celeba_spoof": CelebASpoofSource(root, protocol, cache=cache, synthetic=synthetic)}
+        if not sources:
+            raise ConfigError("data.sources is empty: give at least one data source")
+        if unsplit not in UNSPLIT_RULES:
+            raise ConfigError(f"data.unsplit={unsplit!r}: choose one of {', '.join(UNSPLIT_RULES)}")
+        if held_out is not None and held_out not in sources:
+            raise ConfigError(f"data.held_out={held_out!r} is not one of the sources: {', '.join(sources)}")
+        self.sources = dict(sources)
+        for name, source in self.sources.items():
+            source.name = name
+        self.source_names = list(self.sources)
         self.class_scheme = class_scheme
         self.convention = InputConvention(
             input_size=input_size,
@@ -248,106 +328,180 @@ class FaceDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
-        self.protocol = protocol
         self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.unsplit = unsplit
+        self.held_out = held_out
         self.split_seed = split_seed
         self.seed = seed
         self.skip_bad_samples = skip_bad_samples
         self.check_images = check_images
         self.bad_samples_dir = Path(bad_samples_dir) if bad_samples_dir else None
         self.train_transform = train_transform
-        self.synthetic = SyntheticConfig(**synthetic) if synthetic is not None else None
-        self.splits: dict[str, Dataset] = {}
+        self.detector = detector
+        self.prepared_dir = Path(prepared_dir) if prepared_dir else None
+        self.samples: dict[str, list[Sample]] = {}
+        self.splits: dict[str, SplitDataset] = {}
+
+    @property
+    def root(self) -> Path | None:
+        """The root of the first source (what reports name as the data)."""
+        return getattr(next(iter(self.sources.values())), "root", None)
+
+    def describe(self) -> str:
+        """The sources, for reports: `name (root)` each."""
+        return ", ".join(f"{name} ({getattr(s, 'root', '?')})" for name, s in self.sources.items())
 
     def prepare_data(self) -> None:
-        if self.cache is not None:
-            open_cache(self.cache, self.crop, self.protocol)
-        elif self.synthetic is not None:
-            generate(self.root, self.synthetic)
-        elif self.root.exists() and not self.root.is_dir():
-            raise DatasetError(f"{self.root}: data.root is a file, not a folder; point it at your CelebA-Spoof copy")
-        elif not self.root.is_dir():
-            raise DatasetError(f"{self.root}: data.root does not exist; point it at your CelebA-Spoof copy")
+        for source in self.sources.values():
+            cache = self.cache_of(source)
+            if cache is not None and not getattr(source, "prepared_by_datamodule", False):
+                open_cache(cache, self.crop, source.settings())  # made by `python -m fas.data.prepare`: it must fit
+            else:
+                source.prepare()
+                if cache is not None:
+                    self.prepare_cache(source, cache)
+
+    def cache_of(self, source: Source) -> Path | None:
+        """The packed cache a source's crops are read from: its `cache` path, an automatic one, or None (files)."""
+        cache = getattr(source, "cache", None)
+        if cache is None:
+            return None
+        if str(cache) != AUTO_CACHE:
+            return Path(cache)
+        identity = json.dumps({"source": source.settings(), "crop": self.crop.__dict__}, sort_keys=True, default=str)
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+        base = self.prepared_dir or cache_dir() / "prepared"
+        return base / f"{source.name}-{self.crop.size}px-{digest}"
+
+    def prepare_cache(self, source: Source, cache: Path) -> None:
+        """Make (or finish, or refresh) the automatic cache of a folder or manifest source."""
+        if (cache / "manifest.json").is_file():
+            manifest = read_manifest(cache)
+            if manifest.get("files_sha256") != source.fingerprint():
+                log.info("%s changed since %s was prepared; preparing it again", source.root, cache)
+                shutil.rmtree(cache)
+            elif manifest.get("complete"):
+                return
+        summary = prepare(source, cache, self.crop, self.detector, workers=max(1, self.num_workers), progress=False)
+        log.info("%s", summary)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        if self.cache is not None:
-            manifest = open_cache(self.cache, self.crop, self.protocol)
-            log.info("Reading crops from the cache %s (prepared from %s)", self.cache, manifest["source"])
-        train_samples = self._read("train")
-        test_samples = self._read("test")
-        train, val = split_by_subject(train_samples, self.val_fraction, self.split_seed)
-        self.splits = {
-            "train": self._dataset("train", train, self.train_transform),
-            "val": self._dataset("train", val),
-            "test": self._dataset("test", test_samples),
-        }
-        log.info("Samples: %s", {name: len(ds) for name, ds in self.splits.items()})
+        parts: dict[str, list[tuple[int, Dataset]]] = {"train": [], "val": [], "test": []}
+        for index, (name, source) in enumerate(self.sources.items()):
+            assigned = self.assign_splits(name, self.read_source(source))
+            for split, samples in assigned.items():
+                samples = with_targets(samples, self.class_scheme, f"{name} {split}")
+                self.samples.setdefault(split, []).extend(samples)
+                if samples:
+                    parts[split].append((index, self.dataset(source, samples)))
+        for split in ("train", "test"):
+            if not self.samples.get(split):
+                raise DatasetError(
+                    f"{self.describe()}: the {split} split has no usable samples for class scheme "
+                    f"'{self.class_scheme.name}'"
+                )
+            targets = {s.target for s in self.samples[split]}
+            if len(targets) < 2:
+                log.warning(
+                    "%s split holds only class(es) %s of %s", split, sorted(targets), self.class_scheme.class_names
+                )
+        self.splits = {split: SplitDataset(datasets) for split, datasets in parts.items()}
+        self.splits["train"].transform = self.train_transform
+        log.info("Samples: %s", {split: len(dataset) for split, dataset in self.splits.items()})
 
-    def _dataset(self, source_split: str, samples: list[Sample], transform: Transform | None = None) -> Dataset:
-        if self.cache is not None:
-            return PackedCropDataset(images_path(self.cache, source_split), samples, self.convention, transform)
-        return FaceCropDataset(samples, self.convention, transform, self.crop.interpolation)
-
-    def _read(self, split: str) -> list[Sample]:
-        if self.cache is not None:
-            samples = read_cached_split(self.cache, split, self.class_scheme)
-            skipped = open_cache(self.cache, self.crop, self.protocol)["counts"][split]["skipped"]
+    def read_source(self, source: Source) -> list[Sample]:
+        """The usable samples of a source: from its packed cache, or from its files (checked up front)."""
+        cache = self.cache_of(source)
+        if cache is not None:
+            manifest = open_cache(cache, self.crop, source.settings())
+            log.info("Reading %s's crops from the cache %s (prepared from %s)", source.name, cache, manifest["source"])
+            skipped = sum(c["skipped"] for c in manifest["counts"].values())
             if skipped:
                 log.warning(
-                    "%d %s sample(s) could not be cropped when the cache was prepared; see %s",
+                    "%s: %d record(s) could not be cropped when the cache was prepared; see %s",
+                    source.name,
                     skipped,
-                    split,
-                    skipped_path(self.cache),
+                    skipped_path(cache),
                 )
-        else:
-            samples, bad = read_split(self.root, split, self.class_scheme, self.protocol)
-            if self.check_images:
-                samples, undecodable = self._decodable(samples)
-                bad += undecodable
-            if bad:
-                self._handle_bad(split, bad)
-        if not samples:
-            source = self.cache or self.root
-            raise DatasetError(
-                f"{source}: the {split} split has no usable samples for class scheme '{self.class_scheme.name}'"
-            )
-        targets = {s.target for s in samples}
-        if len(targets) < 2:
-            log.warning("%s split holds only class(es) %s of %s", split, sorted(targets), self.class_scheme.class_names)
+            return [s for split in cached_splits(cache) for s in read_cached_split(cache, split, source.name)]
+        samples, bad = [], []
+        for record in source.records():
+            (samples if isinstance(record, Sample) else bad).append(record)
+        if self.check_images:
+            samples, undecodable = self.decodable(source, samples)
+            bad += undecodable
+        if bad:
+            self.handle_bad(source.name, bad)
         return samples
 
-    def _decodable(self, samples: list[Sample]) -> tuple[list[Sample], list[BadSample]]:
-        """Split samples into those whose image decodes and holds the face box, and the others with why."""
-        checks = check_images([s.image_path for s in samples], self.root, cache_dir(), max(1, self.num_workers))
-        kept, bad = [], []
+    def assign_splits(self, name: str, samples: list[Sample]) -> dict[str, list[Sample]]:
+        """train / val / test of one source: its own parts, val held out by subject from train, an unsplit
+        source split by subject (or tested whole), a held-out source tested whole."""
+        if name == self.held_out or (self.unsplit == "test" and all(s.split is None for s in samples)):
+            return {"train": [], "val": [], "test": samples}
+        by_split: dict[str | None, list[Sample]] = {}
         for sample in samples:
-            check = checks[sample.image_path]
+            by_split.setdefault(sample.split, []).append(sample)
+        train, val, test = by_split.get("train", []), by_split.get("val", []), by_split.get("test", [])
+        unsplit = by_split.get(None, [])
+        if unsplit:
+            rest, test_part = split_by_subject(unsplit, self.test_fraction, self.split_seed + 1)
+            train, test = train + rest, test + test_part
+        if train and not val:
+            train, val = split_by_subject(train, self.val_fraction, self.split_seed)
+        return {"train": train, "val": val, "test": test}
+
+    def dataset(self, source: Source, samples: list[Sample]) -> Dataset:
+        cache = self.cache_of(source)
+        if cache is not None:
+            return PackedCropDataset(cache, samples, self.convention)
+        return FaceCropDataset(samples, self.convention, None, self.crop.interpolation)
+
+    def decodable(self, source: Source, samples: list[Sample]) -> tuple[list[Sample], list[BadSample]]:
+        """Split samples into those whose image decodes and holds the face box, and the others with why."""
+        images = [s for s in samples if s.frame is None]
+        checks = check_images([s.path for s in images], Path(source.root), cache_dir(), max(1, self.num_workers))
+        kept, bad = [s for s in samples if s.frame is not None], []
+        for sample in images:
+            check = checks[sample.path]
             problem = check.reason or box_problem(
-                bb224_to_pixels(sample.box_224, check.width, check.height), check.width, check.height
+                pixel_box(sample, check.width, check.height), check.width, check.height
             )
             if problem:
-                bad.append(BadSample(sample.image_path, problem))
+                bad.append(BadSample(sample.path, problem, sample.key, sample.split, sample.spoof_type))
             else:
                 kept.append(sample)
         return kept, bad
 
-    def _handle_bad(self, split: str, bad: list[BadSample]) -> None:
-        listing = "\n".join(f"{b.path}\t{b.reason}" for b in bad)
+    def handle_bad(self, name: str, bad: list[BadSample]) -> None:
+        """Refuse the unusable samples, all listed (in `bad_samples_<split>.tsv`), or skip them with that list."""
         where = ""
         if self.bad_samples_dir is not None:
             self.bad_samples_dir.mkdir(parents=True, exist_ok=True)
-            path = self.bad_samples_dir / f"bad_samples_{split}.tsv"
-            path.write_text("path\treason\n" + listing + "\n")
-            where = f" (all listed in {path})"
+            suffix = "" if name == "celeba_spoof" or len(self.sources) == 1 else f"_{name}"
+            for split in sorted({b.split or "all" for b in bad}):
+                path = self.bad_samples_dir / f"bad_samples_{split}{suffix}.tsv"
+                rows = [f"{b.path}\t{b.reason}" for b in bad if (b.split or "all") == split]
+                path.write_text("path\treason\n" + "\n".join(rows) + "\n")
+            where = f" (all listed in {self.bad_samples_dir}/bad_samples_<split>{suffix}.tsv)"
         first = "; ".join(f"{b.path}: {b.reason}" for b in bad[:3])
+        per_split = ", ".join(f"{n} in the {split} split" for split, n in sorted(count_by_split(bad).items()))
         if not self.skip_bad_samples:
             raise DatasetError(
-                f"{len(bad)} unusable sample(s) in the {split} split{where}, e.g. {first}. "
+                f"{len(bad)} unusable sample(s) ({per_split}){where}, e.g. {first}. "
                 "Fix or remove them, or set data.skip_bad_samples=true to train without them."
             )
-        log.warning("Skipping %d unusable sample(s) in the %s split%s, e.g. %s", len(bad), split, where, first)
+        log.warning("Skipping %d unusable sample(s) (%s)%s, e.g. %s", len(bad), per_split, where, first)
+
+    def source_weights(self) -> list[float] | None:
+        """Each training sample's sampling weight (its source's), or None when every source weighs the same."""
+        weights = {index: float(getattr(source, "weight", 1.0)) for index, source in enumerate(self.sources.values())}
+        if len(set(weights.values())) <= 1:
+            return None
+        return [weights[source] for source, dataset in self.splits["train"].parts for _ in range(len(dataset))]
 
     def _loader(self, split: str, sampler: Sampler | None = None) -> DataLoader:
         training = split == "train"
@@ -366,7 +520,8 @@ class FaceDataModule(L.LightningDataModule):
         # The epoch Lightning will pass to set_epoch (on a resumed run, `current_epoch` still counts the
         # restored epoch as unfinished while it is being set up).
         epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
-        return self._loader("train", EpochSeededSampler(len(self.splits["train"]), self.seed, epoch))
+        sampler = EpochSeededSampler(len(self.splits["train"]), self.seed, epoch, self.source_weights())
+        return self._loader("train", sampler)
 
     def val_dataloader(self) -> DataLoader:
         """The whole validation split, on every rank: exact metrics, no padding duplicates."""
@@ -374,3 +529,10 @@ class FaceDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+
+def count_by_split(bad: Sequence[BadSample]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for b in bad:
+        counts[b.split or "all"] = counts.get(b.split or "all", 0) + 1
+    return counts

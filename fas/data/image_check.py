@@ -22,7 +22,8 @@ from pathlib import Path
 
 import cv2
 
-from fas.data.celeba_spoof import SampleError, read_image
+from fas.data.media import read_image
+from fas.data.sample import SampleError
 
 log = logging.getLogger(__name__)
 

@@ -1,30 +1,35 @@
-"""Prepare CelebA-Spoof once: crop every face into a packed cache (format in fas/data/cache.py).
+"""Prepare a data source once: crop every face into a packed cache (format in fas/data/cache.py).
 
-    python -m fas.data.prepare root=/data/CelebA_Spoof output=/data/celeba_spoof_80   # configs/prepare.yaml
+    python -m fas.data.prepare root=/data/CelebA_Spoof output=/data/celeba_spoof_80            # configs/prepare.yaml
+    python -m fas.data.prepare source=folder root=/data/mine output=/data/mine_80              # photos and videos
 
-The label files are streamed in file order and cut into chunks of `chunk_size` samples, cropped by
-worker processes behind a progress bar. Each finished chunk leaves a result file, so an interrupted
-run resumes where it stopped and a finished one returns at once. Every sample that cannot be cropped
-is listed with the file at fault and the reason in `skipped.tsv`, and the count is reported: nothing
-is dropped silently. Memory does not grow with the dataset: labels are read as a stream, a few chunks
-are in flight at a time, a worker holds one image and writes each crop straight into the
-memory-mapped output, and the tables are written by streaming the chunk results.
+The source's records are streamed in order and cut into chunks of `chunk_size`, cropped by worker
+processes behind a progress bar. A record without a face box has its face detected with the same
+detector and settings as `python -m fas.predict` (the largest face, or `face_rule=best`); a video's
+frames of a chunk are decoded in one forward pass. Each finished chunk leaves a result file, so an
+interrupted run resumes where it stopped and a finished one returns at once. Every record that cannot
+be cropped (no face found, unreadable or undecodable, a bad box) is listed with the file at fault,
+its spoof type and the reason in `skipped.tsv`, and counted per class in the summary: detectors miss
+far more faces in recaptured attacks than in live photos, and a prepare that dropped them silently
+would bias every metric. Memory does not grow with the dataset: records are streamed, a few chunks are
+in flight at a time, a worker holds one image and writes each crop straight into the memory-mapped
+output, and the tables are written by streaming the chunk results.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_completed, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import hydra
@@ -41,39 +46,47 @@ from fas.data.cache import (
     chunk_path,
     images_path,
     manifest_path,
-    samples_path,
     settings,
     skipped_path,
 )
-from fas.data.celeba_spoof import (
-    DEFAULT_PROTOCOL,
-    ENVIRONMENT,
-    ILLUMINATION,
-    SPOOF_TYPE,
-    DatasetError,
-    SampleError,
-    bb_path,
-    crop_sample,
-    iter_labels,
-    protocol_label_file,
-    read_bb,
-    subject_of,
-)
+from fas.data.celeba_spoof import DEFAULT_PROTOCOL, CelebASpoofSource
+from fas.data.loading import crop_from, pixel_box
+from fas.data.media import read_frames, read_image
+from fas.data.sample import BadSample, DatasetError, Sample, SampleError, spoof_type_name
+from fas.detect import Face, choose_face, detector_factory
 from fas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+NO_FACE = "no face found"
+
+
+class Source(Protocol):
+    """What prepare needs of a data source (CelebASpoofSource, FolderSource, ManifestSource)."""
+
+    name: str
+    root: Path
+    splits: Sequence[str]
+
+    def prepare(self) -> None: ...
+    def settings(self) -> dict[str, Any]: ...
+    def fingerprint(self, splits: Sequence[str] | None = None) -> dict[str, str]: ...
+    def records(self, splits: Sequence[str] | None = None) -> Iterator[Sample | BadSample]: ...
+
+
+class Detector(Protocol):
+    def detect(self, image_bgr: np.ndarray) -> list: ...
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """Consecutive rows of one split: (key, spoof type, illumination, environment) per row from `start`."""
+    """Consecutive records of one split; record i of `records` is row `start + i` of the split."""
 
     split: str
     index: int
     start: int
-    items: tuple[tuple[str, int, int, int], ...]
+    records: tuple[Sample | BadSample, ...]
 
 
 @dataclass(frozen=True)
@@ -82,37 +95,60 @@ class Summary:
     samples: dict[str, int]
     skipped: dict[str, int]
     chunks_run: int
+    skipped_by_type: dict[str, dict[str, int]]  # spoof type name -> reason -> count
+    records_by_type: dict[str, int]
 
     def __str__(self) -> str:
         per_split = ", ".join(f"{split} {n:,}" for split, n in self.samples.items())
         skipped = sum(self.skipped.values())
-        return (
+        text = (
             f"Cache {self.output}: {sum(self.samples.values()):,} crops ({per_split}); skipped {skipped:,} "
             f"sample(s), listed with their reason in {skipped_path(self.output)}"
         )
+        if skipped:
+            text += "\n" + self.per_class()
+        return text
+
+    def per_class(self) -> str:
+        """One line per spoof type: how many of its records were skipped, and why (no face first)."""
+        lines = []
+        for name, total in sorted(self.records_by_type.items(), key=lambda item: -item[1]):
+            reasons = self.skipped_by_type.get(name, {})
+            lost = sum(reasons.values())
+            shown = ", ".join(f"{reason} {n:,}" for reason, n in sorted(reasons.items(), key=lambda r: -r[1]))
+            lines.append(
+                f"  {name}: skipped {lost:,} of {total:,} ({100 * lost / max(total, 1):.1f}%)"
+                + (f": {shown}" if shown else "")
+            )
+        return "Skipped per class:\n" + "\n".join(lines)
 
 
 def prepare(
-    root: str | Path,
+    source: Source | str | Path,
     output: str | Path,
     crop: CropSpec,
-    protocol: str = DEFAULT_PROTOCOL,
-    splits: Sequence[str] = ("train", "test"),
+    detector: Callable[[], Detector] | None = None,
+    splits: Sequence[str] | None = None,
     workers: int | None = None,
     chunk_size: int = 1024,
     progress: bool = True,
+    face_rule: str = "largest",
+    protocol: str = DEFAULT_PROTOCOL,
 ) -> Summary:
-    """Crop every labelled sample of `splits` into the cache at `output`; resume or skip finished work."""
-    root, output = Path(root).resolve(), Path(output).resolve()
-    if not root.is_dir():
-        what = "is a file, not a folder" if root.exists() else "does not exist"
-        raise DatasetError(f"{root}: root {what}; point root= at your CelebA-Spoof copy")
+    """Crop every record of `splits` (default: all the source has) into the cache at `output`; resume or
+    skip finished work. `detector` builds the detector that finds the faces of records without a box
+    (`fas.detect.detector_factory`, built in each worker process on first need); without one, they are
+    skipped. A path as `source` is a CelebA-Spoof root, read with `protocol`."""
+    if isinstance(source, str | Path):
+        source = CelebASpoofSource(str(source), protocol)
+    output = Path(output).resolve()
     if output.exists() and not output.is_dir():
         raise DatasetError(f"{output}: output is a file, not a folder; choose a new or empty folder for the cache")
-    label_files = {split: protocol_label_file(root, split, protocol) for split in splits}
-    rows = {split: count_rows(path) for split, path in label_files.items()}
-    hashes = {split: sha256(path) for split, path in label_files.items()}
-    manifest = start(output, settings(crop, protocol, root, chunk_size, rows, hashes))
+    source.prepare()
+    splits = tuple(splits or source.splits)
+    rows = count_rows(source, splits)
+    files = source.fingerprint(splits)
+    manifest = start(output, settings(crop, source.settings(), Path(source.root).resolve(), chunk_size, rows, files))
     if manifest.get("complete"):
         log.info("%s is complete already; nothing to do", output)
         return summary_of(output, manifest, chunks_run=0)
@@ -120,46 +156,42 @@ def prepare(
         split: {i for i in range(chunk_count(n, chunk_size)) if not chunk_path(output, split, i).is_file()}
         for split, n in rows.items()
     }
-    images = sum(min(chunk_size, rows[split] - i * chunk_size) for split, indices in todo.items() for i in indices)
-    chunks = (
-        chunk
-        for split, path in label_files.items()
-        for chunk in iter_chunks(path, split, chunk_size)
-        if chunk.index in todo[split]
-    )
-    log.info("Cropping %d images into %s: %s", images, output, crop.describe())
-    run_chunks(chunks, images, output, root, crop, workers or os.cpu_count() or 1, progress)
+    records = sum(min(chunk_size, rows[split] - i * chunk_size) for split, indices in todo.items() for i in indices)
+    chunks = (chunk for chunk in iter_chunks(source, splits, chunk_size) if chunk.index in todo[chunk.split])
+    log.info("Cropping %d records into %s: %s", records, output, crop.describe())
+    job = CropJob(output, crop, detector, face_rule)
+    run_chunks(chunks, records, job, workers or os.cpu_count() or 1, progress)
     return finish(output, manifest, chunk_size, chunks_run=sum(len(indices) for indices in todo.values()))
 
 
-def count_rows(path: Path) -> int:
-    """Number of entries of a label file (streamed, and checked entry by entry before any work starts)."""
-    return sum(1 for _ in iter_labels(path))
+def record_split(record: Sample | BadSample) -> str:
+    return record.split or "all"
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+def count_rows(source: Source, splits: Sequence[str]) -> dict[str, int]:
+    """Records per split (streamed once before any work starts: a malformed source fails here)."""
+    counts = Counter(record_split(record) for record in source.records(splits))
+    return {split: counts.get(split, 0) for split in splits}
 
 
 def chunk_count(rows: int, chunk_size: int) -> int:
     return -(-rows // chunk_size)
 
 
-def iter_chunks(label_file: Path, split: str, chunk_size: int) -> Iterator[Chunk]:
-    """The chunks of a split in label-file order: row i is the file's i-th entry."""
-    items: list[tuple[str, int, int, int]] = []
-    index = 0
-    for key, vector in iter_labels(label_file):
-        items.append((key, int(vector[SPOOF_TYPE]), int(vector[ILLUMINATION]), int(vector[ENVIRONMENT])))
+def iter_chunks(source: Source, splits: Sequence[str], chunk_size: int) -> Iterator[Chunk]:
+    """The chunks of each split in the source's record order: row i of a split is its i-th record."""
+    pending: dict[str, list[Sample | BadSample]] = {split: [] for split in splits}
+    index = dict.fromkeys(splits, 0)
+    for record in source.records(splits):
+        split = record_split(record)
+        items = pending[split]
+        items.append(record)
         if len(items) == chunk_size:
-            yield Chunk(split, index, index * chunk_size, tuple(items))
-            items, index = [], index + 1
-    if items:
-        yield Chunk(split, index, index * chunk_size, tuple(items))
+            yield Chunk(split, index[split], index[split] * chunk_size, tuple(items))
+            pending[split], index[split] = [], index[split] + 1
+    for split, items in pending.items():
+        if items:
+            yield Chunk(split, index[split], index[split] * chunk_size, tuple(items))
 
 
 def start(output: Path, wanted: dict[str, Any]) -> dict[str, Any]:
@@ -176,9 +208,11 @@ def start(output: Path, wanted: dict[str, Any]) -> dict[str, Any]:
         return manifest
     if output.exists() and any(output.iterdir()):
         raise DatasetError(f"{output}: not empty and holds no {MANIFEST}; choose a new or empty output folder")
+    if not any(wanted["rows"].values()):
+        raise DatasetError(f"{wanted['source']}: the source lists no images or videos; check its root and settings")
     empty = [split for split, rows in wanted["rows"].items() if rows == 0]
     if empty:
-        raise DatasetError(f"the {', '.join(empty)} label file(s) list no images; check root= and protocol=")
+        raise DatasetError(f"the {', '.join(empty)} split(s) list no images; check root= and the source's settings")
     size = wanted["crop"]["size"]
     needed = sum(wanted["rows"].values()) * size * size * 3
     output.mkdir(parents=True, exist_ok=True)
@@ -197,14 +231,41 @@ def start(output: Path, wanted: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def run_chunks(
-    chunks: Iterator[Chunk], images: int, output: Path, root: Path, crop: CropSpec, workers: int, progress: bool
-) -> None:
+@dataclass(frozen=True)
+class CropJob:
+    """What every chunk is cropped with, pickled to the worker processes. The detector travels as its
+    config and is built in each process on first need: a source whose records all have boxes never loads it."""
+
+    output: Path
+    crop: CropSpec
+    detector: Callable[[], Detector] | None
+    face_rule: str
+
+    def find_face(self, sample: Sample, image: np.ndarray) -> Face:
+        if self.detector is None:
+            raise SampleError(sample.path, "no face box given and no detector configured")
+        key = repr(self.detector)
+        if key not in DETECTORS:
+            DETECTORS[key] = self.detector()
+        detector = DETECTORS[key]
+        face = choose_face(detector.detect(image), self.face_rule)
+        if face is None:
+            threshold = getattr(detector, "score_threshold", None)
+            where = f"frame {sample.frame}: " if sample.frame is not None else ""
+            detail = f" (detector score threshold {threshold})" if threshold is not None else ""
+            raise SampleError(sample.path, f"{where}{NO_FACE}{detail}")
+        return face
+
+
+DETECTORS: dict[str, Detector] = {}  # built once per process
+
+
+def run_chunks(chunks: Iterator[Chunk], records: int, job: CropJob, workers: int, progress: bool) -> None:
     """Crop the chunks, in this process or in `workers` processes with at most 2 chunks each in flight."""
-    with tqdm(total=images, unit="img", desc="Cropping", disable=not progress) as bar:
+    with tqdm(total=records, unit="img", desc="Cropping", disable=not progress) as bar:
         if workers == 1:
             for chunk in chunks:
-                bar.update(crop_chunk(output, root, crop, chunk))
+                bar.update(crop_chunk(job, chunk))
             return
         # spawn, not fork: a forked child can inherit a lock held by a thread of the parent (OpenCV's
         # or torch's pool, e.g. inside a test run or a notebook) and hang on its first cv2 call.
@@ -216,44 +277,92 @@ def run_chunks(
                 if len(in_flight) >= 2 * workers:
                     finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                     bar.update(sum(future.result() for future in finished))
-                in_flight.add(pool.submit(crop_chunk, output, root, crop, chunk))
+                in_flight.add(pool.submit(crop_chunk, job, chunk))
             for future in as_completed(in_flight):
                 bar.update(future.result())
         finally:
             pool.shutdown(cancel_futures=True)
 
 
-def crop_chunk(output: Path, root: Path, crop: CropSpec, chunk: Chunk) -> int:
-    """Crop the rows of one chunk into the image array, then record kept and skipped rows (the resume marker)."""
-    images = np.load(images_path(output, chunk.split), mmap_mode="r+")
-    convention = crop.convention()
+def chunk_images(chunk: Chunk) -> Iterator[tuple[int, Sample | BadSample, np.ndarray | SampleError | None]]:
+    """(row, record, its image or the error reading it) for each record; the frames of a video that follow
+    each other in the chunk are decoded in one forward pass."""
+    records = list(enumerate(chunk.records, start=chunk.start))
+    position = 0
+    while position < len(records):
+        row, record = records[position]
+        if isinstance(record, BadSample):
+            yield row, record, None
+            position += 1
+        elif record.frame is None:
+            try:
+                image: np.ndarray | SampleError = read_image(record.path)
+            except SampleError as error:
+                image = error
+            yield row, record, image
+            position += 1
+        else:
+            end = position
+            while end < len(records) and isinstance(records[end][1], Sample) and records[end][1].path == record.path:
+                end += 1
+            group = records[position:end]
+            try:
+                frames = dict(read_frames(record.path, [r.frame for _, r in group]))
+            except SampleError as error:
+                frames = {r.frame: error for _, r in group}
+            for row_in_group, sample in group:
+                yield row_in_group, sample, frames[sample.frame]
+            position = end
+
+
+def crop_chunk(job: CropJob, chunk: Chunk) -> int:
+    """Crop the records of one chunk into the image array, then record kept and skipped rows (the resume marker)."""
+    images = np.load(images_path(job.output, chunk.split), mmap_mode="r+")
+    convention = job.crop.convention()
     kept, skipped = [], []
-    for row, (key, spoof_type, illumination, environment) in enumerate(chunk.items, start=chunk.start):
-        image_path = root / key
-        try:
-            if not image_path.is_file():
-                raise SampleError(image_path, "image file missing")
-            box = read_bb(bb_path(image_path))
-            images[row] = crop_sample(image_path, box, convention, crop.interpolation)
-        except SampleError as error:
-            skipped.append([chunk.split, key, str(error.path), error.reason])
+    for row, record, image in chunk_images(chunk):
+        if isinstance(record, BadSample):
+            skipped.append([chunk.split, record.key, str(record.path), record.spoof_type, record.reason])
             continue
-        kept.append([row, key, subject_of(key), spoof_type, illumination, environment, *box])
+        try:
+            if isinstance(image, SampleError):
+                raise image
+            sample, box_from, score = locate_face(record, image, job)
+            images[row] = crop_from(image, sample, convention, job.crop.interpolation)
+        except SampleError as error:
+            skipped.append([chunk.split, record.key, str(error.path), record.spoof_type, error.reason])
+            continue
+        height, width = image.shape[:2]
+        box = pixel_box(sample, width, height)
+        kept.append(
+            [row, record.key, str(record.path), "" if record.frame is None else record.frame, record.subject,
+             record.spoof_type, record.illumination, record.environment, *box, box_from, score]
+        )  # fmt: skip
     images.flush()
     del images
-    write_json(chunk_path(output, chunk.split, chunk.index), {"kept": kept, "skipped": skipped})
-    return len(chunk.items)
+    write_json(chunk_path(job.output, chunk.split, chunk.index), {"kept": kept, "skipped": skipped})
+    return len(chunk.records)
+
+
+def locate_face(sample: Sample, image: np.ndarray, job: CropJob) -> tuple[Sample, str, float | str]:
+    """The sample with its face box: the given one, or the detector's choice (SampleError when none)."""
+    if sample.box is not None:
+        return sample, "given", ""
+    face = job.find_face(sample, image)
+    return replace(sample, box=tuple(float(v) for v in face.box), box_frame=None), "detected", round(face.score, 4)
 
 
 def finish(output: Path, manifest: dict[str, Any], chunk_size: int, chunks_run: int) -> Summary:
     """Gather the chunk results into the sample tables and `skipped.tsv`, then mark the cache complete."""
     counts = {split: {"samples": 0, "skipped": 0} for split in manifest["rows"]}
+    by_type: dict[str, Counter[str]] = {}
+    records_by_type: Counter[str] = Counter()
     skipped_tmp = skipped_path(output).with_suffix(".tmp")
     with skipped_tmp.open("w", newline="") as skipped_file:
         skipped_writer = csv.writer(skipped_file, delimiter="\t", lineterminator="\n")
         skipped_writer.writerow(SKIPPED_COLUMNS)
         for split, rows in manifest["rows"].items():
-            samples_tmp = samples_path(output, split).with_suffix(".tmp")
+            samples_tmp = output / f"{split}_samples.tsv.tmp"
             with samples_tmp.open("w", newline="") as samples_file:
                 writer = csv.writer(samples_file, delimiter="\t", lineterminator="\n")
                 writer.writerow(SAMPLE_COLUMNS)
@@ -263,11 +372,30 @@ def finish(output: Path, manifest: dict[str, Any], chunk_size: int, chunks_run: 
                     skipped_writer.writerows(result["skipped"])
                     counts[split]["samples"] += len(result["kept"])
                     counts[split]["skipped"] += len(result["skipped"])
-            os.replace(samples_tmp, samples_path(output, split))
+                    records_by_type.update(spoof_type_name(row[5]) for row in result["kept"])
+                    for _, _, _, spoof_type, reason in result["skipped"]:
+                        name = spoof_type_name(spoof_type)
+                        records_by_type[name] += 1
+                        by_type.setdefault(name, Counter())[reason_kind(reason)] += 1
+            os.replace(samples_tmp, output / f"{split}_samples.tsv")
     os.replace(skipped_tmp, skipped_path(output))
-    manifest = {**manifest, "counts": counts, "complete": True}
+    manifest = {
+        **manifest,
+        "counts": counts,
+        "records_by_type": dict(records_by_type),
+        "skipped_by_type": {name: dict(reasons) for name, reasons in by_type.items()},
+        "complete": True,
+    }
     write_json(manifest_path(output), manifest)
     return summary_of(output, manifest, chunks_run)
+
+
+def reason_kind(reason: str) -> str:
+    """A reason without its per-file details, for counting (`frame 12: no face found (...)` -> `no face found`)."""
+    if NO_FACE in reason:
+        return NO_FACE
+    reason = reason.split(": ", 1)[1] if reason.startswith(("frame ", "line ")) else reason
+    return reason.split(" (")[0].split(", expected")[0].split(" x=")[0]
 
 
 def summary_of(output: Path, manifest: dict[str, Any], chunks_run: int) -> Summary:
@@ -277,6 +405,8 @@ def summary_of(output: Path, manifest: dict[str, Any], chunks_run: int) -> Summa
         {split: c["samples"] for split, c in counts.items()},
         {split: c["skipped"] for split, c in counts.items()},
         chunks_run,
+        manifest.get("skipped_by_type", {}),
+        manifest.get("records_by_type", {}),
     )
 
 
@@ -296,14 +426,15 @@ def main(cfg: DictConfig) -> None:
                     f"{key} is not set: python -m fas.data.prepare root=/path/to/CelebA_Spoof output=/path/to/cache"
                 )
         summary = prepare(
-            cfg.root,
+            hydra.utils.instantiate(cfg.source),
             cfg.output,
             CropSpec(**cfg.crop),
-            protocol=cfg.protocol,
-            splits=tuple(cfg.splits),
+            detector=detector_factory(cfg.get("detector")),
+            splits=tuple(cfg.splits) if cfg.get("splits") else None,
             workers=cfg.workers,
             chunk_size=cfg.chunk_size,
             progress=cfg.progress,
+            face_rule=cfg.face_rule,
         )
         log.info("%s", summary)
 

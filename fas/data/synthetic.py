@@ -1,4 +1,4 @@
-"""A small procedural face anti-spoofing dataset in the exact CelebA-Spoof layout.
+"""A small procedural face anti-spoofing dataset in the exact CelebA-Spoof layout, and its folder-format twin.
 
 Every subject has a fixed procedural identity (skin, face shape, hair, eyes, clothes). A live image
 is one capture of the subject in an indoor or outdoor scene. A spoof is a capture of that subject
@@ -411,3 +411,79 @@ def generate(root: str | Path, config: SyntheticConfig | None = None, workers: i
         (metas / f"{split}_label.json").write_text(json.dumps(split_labels))
     marker.write_text(json.dumps(wanted))
     return root
+
+
+# --------------------------------------------------------------------------- the folder-format twin
+
+FOLDER_MARKER = "synthetic_folder.json"
+FOLDER_VERSION = 1
+VIDEO_SIZE = (256, 320)  # width, height of the generated clips
+VIDEO_FPS = 10
+
+
+def folder_of(spoof_type: int) -> str:
+    """live/, spoof/print/, spoof/replay/, or a bare spoof/ (an attack of unknown type) for the masks."""
+    if spoof_type == 0:
+        return "live"
+    if spoof_type in PRINT_TYPES:
+        return "spoof/print"
+    if spoof_type in SCREEN_TYPES:
+        return "spoof/replay"
+    return "spoof"
+
+
+def generate_folder(
+    root: str | Path, config: SyntheticConfig | None = None, videos: int = 2, frames_per_clip: int = 12
+) -> Path:
+    """The generated dataset as a user would keep it: `<split>/<class folders>/<subject>/<image>.jpg` with a
+    pixel `_BB.txt` beside every other image (the rest need face detection), `videos` subjects per split
+    with a live and a replay clip of `frames_per_clip` frames, and `manifest.csv` listing the same files
+    (path, label, subject, split, box). Regenerated only when the settings change."""
+    config = config or SyntheticConfig()
+    root = Path(root)
+    marker = root / FOLDER_MARKER
+    wanted = {"version": FOLDER_VERSION, **asdict(config), "videos": videos, "frames_per_clip": frames_per_clip}
+    if marker.is_file() and json.loads(marker.read_text()) == wanted:
+        return root
+    if root.exists() and any(root.iterdir()) and not marker.is_file():
+        raise FileExistsError(f"{root} is not empty and holds no {FOLDER_MARKER}; refusing to generate there")
+    for split in ("train", "test"):
+        shutil.rmtree(root / split, ignore_errors=True)
+    rows = []
+    for split, subject, index, spoof_type in _plan(config):
+        image, box, _ = render(config.seed, subject, index, spoof_type)
+        relative = Path(split) / folder_of(spoof_type) / f"s{subject:02d}" / f"{index:03d}.jpg"
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / relative), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        box_text = " ".join(str(round(v)) for v in box)
+        if index % 2 == 0:
+            (root / relative).with_name(f"{index:03d}_BB.txt").write_text(box_text + "\n")
+        label = folder_of(spoof_type).split("/")[-1]
+        rows.append((relative.as_posix(), label, f"s{subject:02d}", split, box_text))
+    subjects = {
+        "train": range(config.train_subjects),
+        "test": range(config.train_subjects, config.train_subjects + config.test_subjects),
+    }
+    for split, numbers in subjects.items():
+        for subject in list(numbers)[:videos]:
+            for spoof_type in (0, 8):
+                relative = Path(split) / folder_of(spoof_type) / f"s{subject:02d}" / "clip.mp4"
+                write_clip(root / relative, config.seed, subject, spoof_type, frames_per_clip)
+                rows.append((relative.as_posix(), folder_of(spoof_type).split("/")[-1], f"s{subject:02d}", split, ""))
+    with (root / "manifest.csv").open("w", newline="") as file:
+        file.write("path,label,subject,split,box\n")
+        file.writelines(f"{path},{label},{subject},{split},{box}\n" for path, label, subject, split, box in rows)
+    marker.write_text(json.dumps(wanted))
+    return root
+
+
+def write_clip(path: Path, seed: int, subject: int, spoof_type: int, frames: int) -> None:
+    """A short MP4 of one subject: each frame a fresh capture (live) or recapture (replay), resized alike."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), VIDEO_FPS, VIDEO_SIZE)
+    try:
+        for frame in range(frames):
+            image, _, _ = render(seed, subject, 1000 + frame, spoof_type)
+            writer.write(cv2.resize(image, VIDEO_SIZE, interpolation=cv2.INTER_AREA))
+    finally:
+        writer.release()

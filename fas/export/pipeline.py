@@ -9,7 +9,6 @@ convention and without augmentation.
 
 from __future__ import annotations
 
-import copy
 import logging
 import tempfile
 import time
@@ -21,11 +20,12 @@ import hydra
 import numpy as np
 import onnx
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fas.convention import ModelInfo
 from fas.data.datamodule import FaceDataModule
+from fas.detect import detector_factory
 from fas.errors import FasError
 from fas.export.onnx import export_onnx
 from fas.export.parity import INT8_ACCURACY_BUDGET, LabelledImages, parity, write_report
@@ -147,8 +147,7 @@ def check_parity(result: ExportResult) -> None:
 
 def calibration_images(datamodule: FaceDataModule, count: int) -> np.ndarray:
     """A seeded sample of `count` training crops through the model's preprocessing, unaugmented."""
-    plain = copy.copy(datamodule.splits["train"])  # individual files or the packed cache alike
-    plain.transform = None
+    plain = datamodule.splits["train"].without_augmentation()  # individual files or the packed cache alike
     rng = np.random.default_rng(CALIBRATION_SEED)
     chosen = rng.choice(len(plain), size=min(count, len(plain)), replace=False)
     return labelled_images(Subset(plain, sorted(chosen.tolist()))).images
@@ -162,21 +161,19 @@ def labelled_images(dataset: Dataset) -> LabelledImages:
     return LabelledImages(np.concatenate(images).astype(np.float32), np.concatenate(targets))
 
 
-def datamodule_for(data_cfg: DictConfig, info: ModelInfo) -> FaceDataModule:
-    """The data config's dataset, cropped and labelled the way the model expects, without augmentation."""
-    convention = info.convention
-    return hydra.utils.instantiate(
-        data_cfg,
-        class_scheme={"_target_": "fas.convention.ClassScheme", **info.class_scheme.to_dict()},
-        input_size=convention.input_size,
-        crop_scale=convention.crop_scale,
-        crop_mode=convention.crop_mode,
-        color_order=convention.color_order,
-        pixel_scale=convention.pixel_scale,
-        mean=list(convention.mean),
-        std=list(convention.std),
-        train_transform=None,
+def datamodule_for(data_cfg: DictConfig, info: ModelInfo, detector_cfg: DictConfig | None = None) -> FaceDataModule:
+    """The data config's dataset, cropped and labelled the way the model expects, without augmentation.
+
+    The model's class scheme replaces the config's (a merge would keep spoof types the model has no class for).
+    """
+    data = OmegaConf.to_container(data_cfg, resolve=True)
+    convention = info.convention.to_dict()
+    data.update(
+        {key: convention[key] for key in ("input_size", "crop_scale", "crop_mode", "color_order", "pixel_scale")}
     )
+    data.update(mean=list(convention["mean"]), std=list(convention["std"]), train_transform=None)
+    data["class_scheme"] = {"_target_": "fas.convention.ClassScheme", **info.class_scheme.to_dict()}
+    return hydra.utils.instantiate(OmegaConf.create(data), detector=detector_factory(detector_cfg))
 
 
 def export(cfg: DictConfig) -> ExportResult:
@@ -185,6 +182,7 @@ def export(cfg: DictConfig) -> ExportResult:
     info = load_backend(cfg.ckpt_path, convention=convention).info
     recipe: QuantizationRecipe = hydra.utils.instantiate(cfg.quantization)
     output_dir = Path(cfg.paths.output_dir) / "export"
-    result = export_model(cfg.ckpt_path, output_dir, recipe, datamodule_for(cfg.data, info), cfg.optimize, convention)
+    datamodule = datamodule_for(cfg.data, info, cfg.get("detector"))
+    result = export_model(cfg.ckpt_path, output_dir, recipe, datamodule, cfg.optimize, convention)
     log.info("Exported %s", result.summary())
     return result

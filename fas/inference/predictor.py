@@ -17,10 +17,10 @@ import numpy as np
 
 from fas.convention import ClassScheme
 from fas.data.crop import is_valid_box
+from fas.detect import Face, FaceDetector
 from fas.download import resolve_model_file
 from fas.errors import ConfigError
 from fas.inference.backends import Backend, load_backend
-from fas.inference.detect import Face, FaceDetector
 from fas.inference.preprocess import face_batch
 
 

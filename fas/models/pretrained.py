@@ -66,7 +66,7 @@ SURI_SCHEME = ClassScheme(
     name="binary",
     class_names=("live", "spoof"),
     real_class_index=0,
-    spoof_type_classes={0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1},
+    spoof_type_classes={0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1, 11: 1},
 )
 SURI_CROP_SCALE = 1.5
 
@@ -136,7 +136,7 @@ def suri_convention(input_size: int) -> InputConvention:
 
 HAIRYMAX_CROP_SCALE = 1.5
 HAIRYMAX_SCHEMES = {
-    2: ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1}),
+    2: ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1, 11: 1}),
     3: ClassScheme("print_replay", ("live", "print", "replay"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 2, 8: 2, 9: 2}),
 }
 # hairymax/Face-AntiSpoofing's released names: AntiSpoofing_<bin|print-replay>_<crop scale>_<size>.pth

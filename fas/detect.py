@@ -1,5 +1,6 @@
-"""Face detection for prediction. Any object with `detect(image_bgr) -> list[Face]` plugs in
-(`configs/detector/*.yaml` instantiate one); fas ships YuNet through OpenCV's `cv2.FaceDetectorYN`.
+"""Face detection, for prediction and for preparing data without boxes. Any object with
+`detect(image_bgr) -> list[Face]` plugs in (`configs/detector/*.yaml` instantiate one); fas ships YuNet
+through OpenCV's `cv2.FaceDetectorYN`.
 
 Silent-Face's own detector is a Caffe RetinaFace, which OpenCV 5 can no longer read; YuNet is what
 suri-liveness uses, and on the reference images it leads Silent-Face's models to the same labels.
@@ -7,13 +8,17 @@ suri-liveness uses, and on the reference images it leads Silent-Face's models to
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import cv2
+import hydra
 import numpy as np
+from omegaconf import OmegaConf
 
 from fas.download import resolve_model_file
 from fas.errors import FasError
@@ -65,6 +70,7 @@ class YuNetDetector:
     ) -> None:
         if color_order not in ("bgr", "rgb"):
             raise DetectorError(f"detector color_order must be 'bgr' or 'rgb', got {color_order!r}")
+        self.score_threshold = score_threshold
         path = resolve_model_file(model_path)
         try:
             self.detector = cv2.FaceDetectorYN.create(str(path), "", (320, 320), score_threshold, nms_threshold, top_k)
@@ -108,3 +114,26 @@ class YuNetDetector:
         faces = [Face(tuple(int(v / scale) for v in row[:4]), float(row[14])) for row in rows]
         faces = [f for f in faces if min(f.box[2], f.box[3]) >= max(self.min_face_size, 1)]
         return sorted(faces, key=lambda face: -face.score)
+
+
+FACE_RULES = ("largest", "best")
+
+
+def choose_face(faces: list[Face], rule: str = "largest") -> Face | None:
+    """The face a labelled image is about: the largest box (default) or the best detector score."""
+    if rule not in FACE_RULES:
+        raise DetectorError(f"face rule must be one of {', '.join(FACE_RULES)}, got {rule!r}")
+    if not faces:
+        return None
+    if rule == "best":
+        return max(faces, key=lambda face: face.score)
+    return max(faces, key=lambda face: face.box[2] * face.box[3])
+
+
+def detector_factory(config: Any) -> Callable[[], FaceDetector] | None:
+    """A picklable function that builds the configured detector (a `configs/detector/` config) where it is
+    called: in each worker process that needs one, and not at all where no record lacks a face box."""
+    if not config:
+        return None
+    settings = dict(config) if isinstance(config, dict) else OmegaConf.to_container(config, resolve=True)
+    return functools.partial(hydra.utils.instantiate, settings)

@@ -1,0 +1,192 @@
+"""A folder tree of labelled photos and videos as a data source (`data=folder data.root=/data/mine`).
+
+    <root>/[train/|val/|test/]live/...            bona fide
+    <root>/[train/|val/|test/]spoof/print/...     attack types by folder name (`labels`)
+    <root>/[train/|val/|test/]spoof/...           a bare spoof/: an attack of unknown type
+
+A file's label is its deepest folder whose name is in the label table (`fas.data.sample.LABEL_NAMES`
+plus the source's `labels`); a folder that maps to nothing is an error naming it and the key to set.
+Its subject is `subject_regex`'s first group on its path when set, else the first folder below its
+label folder, else the file itself (a video is always at least its own subject), so validation never
+shares a video, or a person, with training. An image's face box is its `<name>_BB.txt` (`x y w h`
+in pixels) when there is one; otherwise `fas.data.prepare` detects it. Videos become
+`frames_per_video` evenly spaced frames, or every `frame_stride`-th.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from fas.data.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, frame_count, sampled_frames
+from fas.data.sample import (
+    SPLITS,
+    BadSample,
+    DatasetError,
+    Sample,
+    SampleError,
+    bb_path,
+    label_table,
+    read_box_file,
+)
+
+log = logging.getLogger(__name__)
+
+
+class FolderSource:
+    """Photos and videos in class folders. `cache` is the packed crop cache the datamodule prepares
+    (faces detected once) and reads; `auto` puts it under `<data_dir>/prepared/`."""
+
+    kind = "folder"
+
+    def __init__(
+        self,
+        root: str | None,
+        name: str = "folder",
+        labels: dict[str, Any] | None = None,
+        subject_regex: str | None = None,
+        frames_per_video: int | None = 8,
+        frame_stride: int | None = None,
+        weight: float = 1.0,
+        cache: str | None = None,
+    ) -> None:
+        if root is None:
+            raise DatasetError(f"the root of data source '{name}' is not set: pass data.root=/path/to/your/folder")
+        self.root = Path(root)
+        self.name = name
+        self.labels = dict(labels or {})
+        self.table = label_table(self.labels, f"data.sources.{name}")
+        self.subject_regex = subject_regex
+        self.subject_pattern = re.compile(subject_regex) if subject_regex else None
+        self.frames_per_video = frames_per_video
+        self.frame_stride = frame_stride
+        self.weight = float(weight)
+        # The datamodule prepares (and refreshes) this source's cache itself: faces are detected once.
+        self.cache = "auto" if cache in (None, "auto") else Path(cache)
+        self.prepared_by_datamodule = True
+
+    def prepare(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise DatasetError(f"{self.root}: the root of data source '{self.name}' is a file, not a folder")
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: the root of data source '{self.name}' does not exist")
+
+    def settings(self) -> dict[str, Any]:
+        """What identifies the samples this source yields: a packed cache made with others is not its."""
+        return {
+            "kind": self.kind,
+            "root": str(self.root.resolve()),
+            "labels": {key: int(value) for key, value in sorted(label_table(self.labels, "").items())},
+            "subject_regex": self.subject_regex,
+            "frames_per_video": self.frames_per_video,
+            "frame_stride": self.frame_stride,
+        }
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits of the tree (`train`, `val`, `test`), or `all` for a tree that is not split."""
+        found = {split_of(path.relative_to(self.root)) for path in self.media_files()} - {None}
+        return tuple(split for split in SPLITS if split in found) or ("all",)
+
+    def media_files(self) -> list[Path]:
+        """Every image and video under the root, sorted; hidden files and folders are skipped."""
+        files = []
+        for folder, dirs, names in os.walk(self.root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(names):
+                path = Path(folder) / name
+                if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+                    files.append(path)
+        return files
+
+    def fingerprint(self, splits: Sequence[str] | None = None) -> dict[str, str]:
+        """A hash of the files (path, size, modification time) of each split: another tree is not this cache's."""
+        digests: dict[str, Any] = {}
+        for path in self.media_files():
+            split = split_of(path.relative_to(self.root)) or "all"
+            if splits is None or split in splits:
+                stat = path.stat()
+                digest = digests.setdefault(split, hashlib.sha256())
+                digest.update(f"{path.relative_to(self.root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+        return {split: digest.hexdigest() for split, digest in sorted(digests.items())}
+
+    def records(self, splits: Sequence[str] | None = None) -> Iterator[Sample | BadSample]:
+        """The records of the tree in path order (refused at once when a folder maps to no label)."""
+        files = self.media_files()
+        if not files:
+            raise DatasetError(f"{self.root}: no image or video files in data source '{self.name}'")
+        split_tree = any(split_of(path.relative_to(self.root)) for path in files)
+        stray = [path for path in files if split_tree and split_of(path.relative_to(self.root)) is None]
+        labelled = [(path, self.spoof_type_of(path.relative_to(self.root))) for path in files if path not in stray]
+        unmapped = sorted({str(type_or_folder) for _, type_or_folder in labelled if isinstance(type_or_folder, str)})
+        if unmapped:
+            raise DatasetError(
+                f"{self.root}: folder(s) {', '.join(unmapped)} map to no spoof type; name each with "
+                f"data.sources.{self.name}.labels.<folder>=<type> (0 live ... 11 unknown attack, or a name such "
+                "as live, print, replay, spoof), or move the files into live/ or spoof/ folders"
+            )
+        for path in stray if splits is None or "train" in splits else []:  # listed with the train split
+            reason = "outside train/, val/ and test/ of a tree split into them; move it under one"
+            yield BadSample(path, reason, path.relative_to(self.root).as_posix(), "train")
+        for path, spoof_type in labelled:
+            relative = path.relative_to(self.root)
+            split = split_of(relative)
+            if splits is None or (split or "all") in splits:
+                yield from self.records_of(path, relative, split, int(spoof_type))
+
+    def spoof_type_of(self, relative: Path) -> int | str:
+        """The spoof type of a file from its deepest label folder, or the name of the folder that maps to nothing."""
+        folders = list(relative.parts[:-1])
+        if folders and folders[0] in SPLITS:
+            folders = folders[1:]
+        for folder in reversed(folders):
+            if folder.lower() in self.table:
+                return self.table[folder.lower()]
+        return f"{folders[0]}/" if folders else f"(files directly in {relative.parent or '.'}/)"
+
+    def subject_of(self, relative: Path) -> str:
+        text = relative.as_posix()
+        if self.subject_pattern is not None:
+            match = self.subject_pattern.search(text)
+            if match and match.groups():
+                return match.group(1)
+            return text  # an unmatched file is its own subject
+        folders = list(relative.parts[:-1])
+        if folders and folders[0] in SPLITS:
+            folders = folders[1:]
+        labelled = [i for i, folder in enumerate(folders) if folder.lower() in self.table]
+        below = folders[labelled[-1] + 1 :] if labelled else []
+        return below[0] if below else str(relative.with_suffix(""))
+
+    def records_of(
+        self, path: Path, relative: Path, split: str | None, spoof_type: int
+    ) -> Iterator[Sample | BadSample]:
+        key = relative.as_posix()
+        base = {"spoof_type": spoof_type, "subject": self.subject_of(relative), "split": split, "source": self.name}
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            try:
+                count = frame_count(path)
+            except SampleError as error:
+                yield BadSample(path, error.reason, key, split, spoof_type)
+                return
+            for frame in sampled_frames(count, self.frames_per_video, self.frame_stride):
+                yield Sample(path=path, frame=frame, box=None, key=f"{key}#{frame}", **base)
+            return
+        box = None
+        if bb_path(path).is_file():
+            try:
+                box = read_box_file(bb_path(path))
+            except SampleError as error:
+                yield BadSample(error.path, error.reason, key, split, spoof_type)
+                return
+        yield Sample(path=path, frame=None, box=box, key=key, **base)
+
+
+def split_of(relative: Path) -> str | None:
+    """`train`, `val` or `test` when a file lies under such a top folder, else None (the tree is not split)."""
+    return relative.parts[0] if len(relative.parts) > 1 and relative.parts[0] in SPLITS else None

@@ -1,0 +1,209 @@
+"""A manifest (CSV or JSON Lines) of labelled photos and videos as a data source (`data=manifest`).
+
+    path,label,subject,split,box,frame
+    live/p01/a.jpg,live,p01,train,"120 80 200 260",
+    attacks/p01/print1.jpg,print,p01,train,,
+    clips/p02.mp4,replay,p02,test,,
+
+Columns: `path` (relative to the manifest's folder, or `root`; it must stay inside it) and `label`
+(a name from the label table: live, spoof, print, replay, ...) or `spoof_type` (a CelebA-Spoof number
+or name) are required; `subject`, `split` (train, val, test), `box` (`x y w h` in pixels of the image
+as stored, or `x`, `y`, `w`, `h` columns) and `frame` (one frame of a video) are optional. A video row
+without `frame` becomes `frames_per_video` evenly spaced frames (or every `frame_stride`-th). A row
+without a subject is its own subject (a video's frames share it). A row without a box has its face
+detected by `fas.data.prepare`. JSON Lines hold one object per line with the same keys (`box` may be
+a list). Every row that points nowhere, outside the folder, or holds a malformed value is listed by
+its line number, never dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from fas.data.media import VIDEO_SUFFIXES, frame_count, sampled_frames
+from fas.data.sample import (
+    SPLITS,
+    BadSample,
+    DatasetError,
+    Sample,
+    SampleError,
+    label_table,
+    parse_box,
+    parse_spoof_type,
+)
+from fas.download import sha256_of
+
+log = logging.getLogger(__name__)
+
+BOX_COLUMNS = ("x", "y", "w", "h")
+
+
+class ManifestSource:
+    """The rows of a CSV or JSONL manifest. `cache`: see `FolderSource`."""
+
+    kind = "manifest"
+
+    def __init__(
+        self,
+        manifest: str | None,
+        name: str = "manifest",
+        root: str | None = None,
+        labels: dict[str, Any] | None = None,
+        frames_per_video: int | None = 8,
+        frame_stride: int | None = None,
+        weight: float = 1.0,
+        cache: str | None = None,
+    ) -> None:
+        if manifest is None:
+            raise DatasetError(f"the manifest of data source '{name}' is not set: pass data.manifest=/path/to/list.csv")
+        self.manifest = Path(manifest)
+        self.name = name
+        self.root = Path(root) if root is not None else self.manifest.parent
+        self.labels = dict(labels or {})
+        self.table = label_table(self.labels, f"data.sources.{name}")
+        self.frames_per_video = frames_per_video
+        self.frame_stride = frame_stride
+        self.weight = float(weight)
+        # The datamodule prepares (and refreshes) this source's cache itself: faces are detected once.
+        self.cache = "auto" if cache in (None, "auto") else Path(cache)
+        self.prepared_by_datamodule = True
+
+    def prepare(self) -> None:
+        if not self.manifest.is_file():
+            raise DatasetError(f"{self.manifest}: manifest not found; pass data.manifest=/path/to/list.csv (or .jsonl)")
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "manifest": str(self.manifest.resolve()),
+            "root": str(self.root.resolve()),
+            "labels": {key: int(value) for key, value in sorted(label_table(self.labels, "").items())},
+            "frames_per_video": self.frames_per_video,
+            "frame_stride": self.frame_stride,
+        }
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        found = {row.get("split") or None for _, row in self.rows()} - {None}
+        return tuple(split for split in SPLITS if split in found) or ("all",)
+
+    def fingerprint(self, splits: Sequence[str] | None = None) -> dict[str, str]:
+        """The manifest's sha256 (for every split: the rows of all of them come from one file)."""
+        digest = sha256_of(self.manifest)
+        return {split: digest for split in splits or self.splits}
+
+    def rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(line number, row) of the manifest, keys lower-cased; a file that is neither CSV nor JSONL is refused."""
+        if not self.manifest.is_file():
+            self.prepare()
+        if self.manifest.suffix.lower() in (".jsonl", ".ndjson"):
+            with self.manifest.open(encoding="utf-8") as file:
+                for number, line in enumerate(file, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as error:
+                        raise DatasetError(f"{self.manifest}:{number}: not a JSON object ({error.msg})") from None
+                    if not isinstance(row, dict):
+                        raise DatasetError(f"{self.manifest}:{number}: not a JSON object")
+                    yield number, {str(k).lower(): v for k, v in row.items()}
+            return
+        with self.manifest.open(encoding="utf-8-sig", newline="") as file:
+            reader = csv.DictReader(file)
+            columns = {c.strip().lower() for c in reader.fieldnames or []}
+            if "path" not in columns or not columns & {"label", "spoof_type"}:
+                raise DatasetError(
+                    f"{self.manifest}: a manifest needs the columns path and label (or spoof_type); it has "
+                    f"{', '.join(sorted(columns)) or 'none'}"
+                )
+            for number, row in enumerate(reader, start=2):
+                yield number, {str(k).strip().lower(): (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
+
+    def records(self, splits: Sequence[str] | None = None) -> Iterator[Sample | BadSample]:
+        for number, row in self.rows():
+            split = row.get("split") or None
+            if splits is None or (split or "all") in splits:
+                yield from self.records_of(number, row)
+
+    def records_of(self, number: int, row: dict[str, Any]) -> Iterator[Sample | BadSample]:
+        where = f"{self.manifest}:{number}"
+        if not row.get("path"):
+            raise DatasetError(f"{where}: the row has no path")
+        relative = str(row["path"])
+        path = self.root / relative
+        split = row.get("split") or None
+        if split is not None and split not in SPLITS:
+            raise DatasetError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)} (or empty)")
+        spoof_type = self.spoof_type_of(row, where)
+        key = relative
+        if not inside(path, self.root):
+            yield BadSample(
+                path, f"line {number}: the path leaves {self.root}; keep files inside it", key, split, spoof_type
+            )
+            return
+        if not path.is_file():
+            yield BadSample(path, f"line {number}: file missing", key, split, spoof_type)
+            return
+        base = {"spoof_type": spoof_type, "split": split, "source": self.name}
+        subject = str(row["subject"]) if row.get("subject") not in (None, "") else relative
+        try:
+            box = self.box_of(row, path, number)
+            frame = int(row["frame"]) if row.get("frame") not in (None, "") else None
+        except (SampleError, ValueError) as error:
+            reason = (
+                error.reason
+                if isinstance(error, SampleError)
+                else f"line {number}: frame {row.get('frame')!r} is not a number"
+            )
+            yield BadSample(path, reason, key, split, spoof_type)
+            return
+        if path.suffix.lower() not in VIDEO_SUFFIXES:
+            yield Sample(path=path, frame=None, box=box, subject=subject, key=key, **base)
+            return
+        if frame is not None:
+            yield Sample(path=path, frame=frame, box=box, subject=subject, key=f"{key}#{frame}", **base)
+            return
+        try:
+            frames = sampled_frames(frame_count(path), self.frames_per_video, self.frame_stride)
+        except SampleError as error:
+            yield BadSample(path, error.reason, key, split, spoof_type)
+            return
+        for index in frames:
+            yield Sample(path=path, frame=index, box=box, subject=subject, key=f"{key}#{index}", **base)
+
+    def spoof_type_of(self, row: dict[str, Any], where: str) -> int:
+        if row.get("spoof_type") not in (None, ""):
+            return parse_spoof_type(row["spoof_type"], f"{where}: spoof_type")
+        label = str(row.get("label") or "").strip().lower()
+        if label not in self.table:
+            raise DatasetError(
+                f"{where}: label {label!r} maps to no spoof type; add it as "
+                f"data.sources.{self.name}.labels.{label or '<name>'}=<type> (0 live ... 11 unknown attack), or use a "
+                "known name such as live, spoof, print, replay"
+            )
+        return self.table[label]
+
+    def box_of(self, row: dict[str, Any], path: Path, number: int) -> tuple[float, float, float, float] | None:
+        what = f"box (line {number})"
+        value = row.get("box")
+        if isinstance(value, list | tuple):
+            return parse_box(value, path, what) if len(value) == 4 else parse_box([*value, "", "", ""][:4], path, what)
+        if value not in (None, ""):
+            fields = str(value).replace(",", " ").split()
+            return parse_box(fields if len(fields) == 4 else [*fields, "", "", ""][:4], path, what)
+        if any(row.get(column) not in (None, "") for column in BOX_COLUMNS):
+            return parse_box([row.get(column) for column in BOX_COLUMNS], path, what)
+        return None
+
+
+def inside(path: Path, root: Path) -> bool:
+    """True when `path`, with `..` resolved but links not followed, lies under `root`."""
+    resolved_root = os.path.normpath(os.path.abspath(root))
+    return os.path.normpath(os.path.abspath(path)).startswith(resolved_root + os.sep)
