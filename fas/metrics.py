@@ -444,12 +444,12 @@ def _warn_undefined(undefined: dict[str, str]) -> None:
 def pad_metrics_per_source(
     scores: Scores, threshold: float | None, attack_types: Iterable[int], names: list[str]
 ) -> dict[str, PadResult]:
-    """The metrics of each data source's samples alone, at the pooled threshold; empty for a single source."""
-    if len(names) < 2:
+    """The metrics of each data source's samples alone, at the pooled threshold; empty when the scores come
+    from a single source (e.g. the held-out one of a leave-one-dataset-out run)."""
+    present = [(index, name) for index, name in enumerate(names) if np.any(scores.source == index)]
+    if len(present) < 2:
         return {}
     attack_types = list(attack_types)
     return {
-        name: pad_metrics(scores.subset(scores.source == index), threshold, attack_types)
-        for index, name in enumerate(names)
-        if np.any(scores.source == index)
+        name: pad_metrics(scores.subset(scores.source == index), threshold, attack_types) for index, name in present
     }

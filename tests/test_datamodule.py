@@ -186,3 +186,88 @@ def test_an_image_changed_after_its_check_is_checked_again(tiny_data: Path, tmp_
     image.write_bytes(image.read_bytes()[:100])
     with pytest.raises(DatasetError, match=r"truncated image \(no end-of-image marker\)"):
         make(root)
+
+
+def folder_datamodule(root: Path, tmp_path: Path, reference_dir: Path, stage: str = "fit", **kwargs) -> FaceDataModule:
+    """A datamodule over a folder source, with YuNet for the faces without a box, prepared and set up."""
+    from fas.data.folder import FolderSource
+    from fas.detect import detector_factory
+
+    yunet = reference_dir / "yunet/face_detection_yunet_2023mar.onnx"
+    sources = kwargs.pop("sources", None) or {"mine": FolderSource(str(root))}
+    dm = FaceDataModule(
+        None,
+        BINARY_WITH_UNKNOWN,
+        sources=sources,
+        input_size=48,
+        batch_size=8,
+        eval_batch_size=8,
+        prepared_dir=str(tmp_path / "prepared"),
+        detector=detector_factory({"_target_": "fas.detect.YuNetDetector", "model_path": str(yunet)}),
+        **kwargs,
+    )
+    dm.prepare_data()
+    dm.setup(stage)
+    return dm
+
+
+BINARY_WITH_UNKNOWN = ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1, 11: 1})
+
+
+def test_a_folder_source_trains_from_its_automatic_cache(tiny_folder: Path, tmp_path: Path, reference_dir: Path):
+    dm = folder_datamodule(tiny_folder, tmp_path, reference_dir)
+    (cache,) = (p for p in (tmp_path / "prepared").iterdir() if p.is_dir())
+    assert cache.name.startswith("mine-48px-") and (cache / "manifest.json").is_file()
+    assert {s.split for s in dm.samples["test"]} == {"test"} and {s.split for s in dm.samples["train"]} == {"train"}
+    assert not {s.subject for s in dm.samples["train"]} & {s.subject for s in dm.samples["val"]}
+    assert any(s.spoof_type == 11 for split in dm.samples.values() for s in split)  # a bare spoof/: unknown attack
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["image"].shape[1:] == (3, 48, 48) and set(batch["source"].tolist()) == {0}
+    again = folder_datamodule(tiny_folder, tmp_path, reference_dir)  # the cache is reused, not prepared again
+    assert [s.key for s in again.samples["train"]] == [s.key for s in dm.samples["train"]]
+
+
+def test_an_unsplit_folder_is_split_by_subject_and_videos_stay_whole(
+    tiny_folder: Path, tmp_path: Path, reference_dir: Path
+) -> None:
+    import shutil
+
+    root = tmp_path / "flat"
+    for split in ("train", "test"):
+        shutil.copytree(tiny_folder / split, root, dirs_exist_ok=True)
+    dm = folder_datamodule(root, tmp_path, reference_dir, val_fraction=0.25, test_fraction=0.34)
+    subjects = {split: {s.subject for s in samples} for split, samples in dm.samples.items()}
+    assert all(subjects.values())
+    assert not subjects["train"] & subjects["val"] and not subjects["train"] & subjects["test"]
+    assert not subjects["val"] & subjects["test"]
+    for split, samples in dm.samples.items():
+        for clip in {s.path for s in samples if s.frame is not None}:
+            assert all(s.path != clip for other, rest in dm.samples.items() if other != split for s in rest)
+    whole = folder_datamodule(root, tmp_path, reference_dir, "test", unsplit="test")  # evaluate.py: all is tested
+    assert len(whole.splits["train"]) == len(whole.splits["val"]) == 0
+    assert len(whole.splits["test"]) == sum(len(d) for d in dm.splits.values())
+
+
+def test_mixed_sources_weights_and_a_held_out_source(tiny_folder: Path, tiny_data: Path, tmp_path, reference_dir):
+    from fas.data.celeba_spoof import CelebASpoofSource
+    from fas.data.datamodule import EpochSeededSampler
+    from fas.data.folder import FolderSource
+
+    sources = {
+        "celeba": CelebASpoofSource(str(tiny_data), weight=1.0),
+        "mine": FolderSource(str(tiny_folder), weight=3),
+    }
+    dm = folder_datamodule(tiny_folder, tmp_path, reference_dir, sources=sources)
+    assert dm.source_names == ["celeba", "mine"]
+    train = dm.splits["train"]
+    sizes = [len(dataset) for _, dataset in train.parts]
+    sampler = dm.train_dataloader().sampler
+    assert isinstance(sampler, EpochSeededSampler) and len(sampler) == len(train)
+    drawn = [train.source_of(index) for _ in range(20) for index, _ in sampler]
+    share = sum(drawn) / len(drawn)
+    expected = 3 * sizes[1] / (sizes[0] + 3 * sizes[1])
+    assert abs(share - expected) < 0.05, (share, expected)
+    held_out = folder_datamodule(tiny_folder, tmp_path, reference_dir, sources=sources, held_out="mine")
+    assert {s.source for s in held_out.samples["test"]} == {"mine"}
+    assert {s.source for s in held_out.samples["train"]} == {"celeba"}
+    assert len(held_out.samples["test"]) == sum(s.source == "mine" for split in dm.samples.values() for s in split)

@@ -57,13 +57,24 @@ def test_a_face_too_large_for_yunet_is_found_on_a_smaller_copy(reference_dir: Pa
     image = cv2.imread(str(reference_dir / "images/image_T1.jpg"))
     (face,) = YuNetDetector(yunet_path).detect(image)
     large = cv2.resize(image, None, fx=3, fy=3)  # 1440x1920, the face ~500 px
-    assert YuNetDetector(yunet_path, retry_side=None).detect(large) == []
+    assert YuNetDetector(yunet_path, retry=False).detect(large) == []  # full size: too large for YuNet
     with caplog.at_level("INFO"):
         (found,) = YuNetDetector(yunet_path).detect(large)
     assert np.abs(np.subtract(found.box, np.multiply(face.box, 3))).max() <= 0.05 * 3 * face.box[3]
-    assert (
-        "1440x1920 image: no face at full size, 1 found on a copy shrunk to 640 px (detector.retry_side)" in caplog.text
-    )
+    assert "1440x1920 image: no face on full size, 1 found at a 640-px copy (detector.retry)" in caplog.text
+    (bounded,) = YuNetDetector(yunet_path, max_side=640).detect(large)  # the config's default: found at once
+    assert bounded == found
+
+
+def test_a_small_face_in_a_large_scene_is_found_at_full_size(reference_dir: Path, yunet_path: Path, caplog) -> None:
+    image = cv2.imread(str(reference_dir / "images/image_T1.jpg"))
+    scene = np.full((2700, 3600, 3), 120, np.uint8)
+    scene[1200 : 1200 + 96, 1800 : 1800 + 72] = cv2.resize(image, (72, 96), interpolation=cv2.INTER_AREA)
+    assert YuNetDetector(yunet_path, max_side=640, retry=False).detect(scene) == []
+    with caplog.at_level("INFO"):
+        (face,) = YuNetDetector(yunet_path, max_side=640).detect(scene)
+    assert 1800 <= face.box[0] < 1872 and 1200 <= face.box[1] < 1296
+    assert "3600x2700 image: no face on a 640-px copy, 1 found at full size (detector.retry)" in caplog.text
 
 
 def test_no_face(yunet_path: Path) -> None:

@@ -232,3 +232,55 @@ def test_peers_onnx_files_are_evaluated_with_a_named_convention(
     assert len({json.dumps(m["convention"], sort_keys=True) for m in reported}) == 1
     assert reported[1]["metrics"]["auroc"] == pytest.approx(reported[0]["metrics"]["auroc"], abs=1e-6)
     assert abs(reported[2]["metrics"]["auroc"] - reported[0]["metrics"]["auroc"]) < 0.05  # their dynamic INT8
+
+
+def test_a_checkpoint_its_onnx_and_a_published_file_on_your_own_folder(
+    trained: dict[str, Path], tiny_folder: Path, reference_dir: Path, tmp_path: Path
+) -> None:
+    """Cross-dataset evaluation on a folder tree (its test/ part): each model cropped by its own convention,
+    the threshold from the folder's val part (held out by subject from train/), the report naming the source."""
+    yunet = reference_dir / "yunet/face_detection_yunet_2023mar.onnx"
+    suri = reference_dir / "suri-liveness/best_model.pth"
+    overrides = [
+        f"ckpt_path=[{trained['ckpt']},{trained['onnx']},{suri}]",
+        "data=folder",
+        f"data.root={tiny_folder}",
+        "data.num_workers=0",
+        f"detector.model_path={yunet}",
+        f"paths.data_dir={tmp_path / 'data'}",
+    ]
+    files = evaluate(compose_evaluate(overrides, tmp_path))
+    report = json.loads(files.metrics.read_text())
+    assert report["data_root"] == f"folder ({tiny_folder})"
+    ckpt, onnx_model, published = report["models"]
+    assert ckpt["counts"] == onnx_model["counts"] and ckpt["counts"]["live"] > 0 and ckpt["counts"]["spoof"] > 0
+    assert ckpt["metrics"]["auroc"] == pytest.approx(onnx_model["metrics"]["auroc"], abs=1e-6)
+    assert published["convention"]["input_size"] == 128 and published["threshold_choice"]["split"] == "val"
+    prepared = tmp_path / "data" / "prepared"
+    assert sorted(p.name.split("-")[1] for p in prepared.iterdir() if p.is_dir()) == ["128px", "64px"]
+    # Faces were found once: the second crop reused the first's detections, box for box.
+    (memo,) = prepared.glob("folder-faces-*.tsv")
+    boxes = {}
+    for cache in (p for p in prepared.iterdir() if p.is_dir()):
+        rows = csv.DictReader((cache / "test_samples.tsv").open(), delimiter="\t")
+        boxes[cache.name.split("-")[1]] = {
+            r["key"]: [r[c] for c in "xywh"] for r in rows if r["box_from"] == "detected"
+        }
+    assert boxes["64px"] and boxes["64px"] == boxes["128px"]
+    assert len(memo.read_text().splitlines()) > len(boxes["64px"])
+
+
+def test_a_folder_without_parts_is_evaluated_whole(
+    trained: dict[str, Path], tiny_folder: Path, reference_dir, tmp_path
+):
+    import shutil
+
+    root = tmp_path / "photos"
+    shutil.copytree(tiny_folder / "test", root)
+    yunet = reference_dir / "yunet/face_detection_yunet_2023mar.onnx"
+    overrides = [f"ckpt_path={trained['onnx']}", "data=folder", f"data.root={root}", "data.num_workers=0"]
+    overrides += [f"detector.model_path={yunet}", f"paths.data_dir={tmp_path / 'data'}"]
+    (model,) = json.loads(evaluate(compose_evaluate(overrides, tmp_path)).metrics.read_text())["models"]
+    threshold = model["threshold_choice"]
+    assert threshold["split"] == "test" and "no validation part" in threshold["reason"]
+    assert "no validation part" in (tmp_path / "report" / "report.md").read_text()

@@ -80,7 +80,7 @@ def test_a_folder_that_maps_to_nothing_names_the_folder_and_the_key(tiny_folder:
     shutil.copy(next(root.rglob("*.jpg")), root / "train" / "cutouts" / "a.jpg")
     with pytest.raises(DatasetError) as refused:
         list(FolderSource(str(root), name="mine").records())
-    assert "folder(s) cutouts/ map to no spoof type; name each with data.sources.mine.labels.<folder>=<type>" in str(
+    assert "folder(s) cutouts/ map to no spoof type; name each with +data.sources.mine.labels.<folder>=<type>" in str(
         refused.value
     )
     named, _ = records(FolderSource(str(root), name="mine", labels={"cutouts": "region_mask"}))

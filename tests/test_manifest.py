@@ -98,7 +98,7 @@ def test_faulty_rows_are_listed_by_line(tiny_folder: Path, tmp_path: Path) -> No
             "file,label\na.jpg,live\n",
             r"a manifest needs the columns path and label \(or spoof_type\); it has file, label",
         ),
-        ("path,label\na.jpg,cartoon\n", r"list.csv:2: label 'cartoon' maps to no spoof type; add it as data.sources."),
+        ("path,label\na.jpg,cartoon\n", r"list.csv:2: label 'cartoon' maps to no spoof type; add it as \+data"),
         ("path,spoof_type\na.jpg,42\n", r"list.csv:2: spoof_type: '42' is not a spoof type"),
         ("path,label,split\na.jpg,live,dev\n", r"list.csv:2: split 'dev' is not one of train, val, test"),
     ],

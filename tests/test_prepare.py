@@ -253,3 +253,29 @@ def test_faces_not_found_are_listed_and_counted_per_class(prepared_folder) -> No
     for name, lost in per_class.items():
         total = summary.records_by_type[name]
         assert f"  {name}: skipped {lost} of {total} ({100 * lost / total:.1f}%): no face found {lost}" in text
+
+
+def no_detector_expected():
+    raise AssertionError("the detector was built again although every face was remembered")
+
+
+def test_faces_found_once_are_reused_at_another_crop(tiny_folder: Path, reference_dir: Path, tmp_path: Path) -> None:
+    from fas.data.folder import FolderSource
+    from fas.detect import detector_factory
+
+    yunet = reference_dir / "yunet/face_detection_yunet_2023mar.onnx"
+    detector = detector_factory({"_target_": "fas.detect.YuNetDetector", "model_path": str(yunet)})
+    memo = tmp_path / "faces.tsv"
+    first = prepare(
+        FolderSource(str(tiny_folder)), tmp_path / "a", CROP, detector, workers=1, progress=False, faces=memo
+    )
+    second = prepare(
+        FolderSource(str(tiny_folder)), tmp_path / "b", CropSpec(96), no_detector_expected, workers=1, progress=False,
+        faces=memo,
+    )  # fmt: skip
+    assert second.samples == first.samples and second.skipped_by_type == first.skipped_by_type
+    for split in ("train", "test"):
+        a, b = read_tsv(samples_path(tmp_path / "a", split)), read_tsv(samples_path(tmp_path / "b", split))
+        assert [(r["key"], r["box_from"], r["x"], r["w"]) for r in a] == [
+            (r["key"], r["box_from"], r["x"], r["w"]) for r in b
+        ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -91,3 +92,29 @@ def test_summary_marks_failed_jobs(tmp_path: Path) -> None:
     ]
     _, md = write_summary(tmp_path, rows)
     assert "| 1 | b=2 | failed (no report/metrics.json) |  |" in md.read_text()
+
+
+@pytest.mark.slow
+def test_leave_one_dataset_out_is_a_multirun(tiny_data: Path, tiny_folder: Path, reference_dir: Path, tmp_path: Path):
+    """Train on every source but one, test on that one: one job per held-out source, the summary its table."""
+    yunet = reference_dir / "yunet/face_detection_yunet_2023mar.onnx"
+    command = [
+        sys.executable, str(REPO_ROOT / "train.py"), "-m", "data=mix", "data.held_out=celeba_spoof,folder",
+        f"data.sources.celeba_spoof.root={tiny_data}", f"data.sources.folder.root={tiny_folder}",
+        f"detector.model_path={yunet}", f"paths.data_dir={tmp_path / 'data'}", "data.input_size=48",
+        *[q for q in QUICK if not q.startswith("data=")],
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (summary,) = tmp_path.glob("logs/train/multiruns/*/summary.csv")
+    rows = list(csv.DictReader(summary.open()))
+    assert [r["overrides"] for r in rows] == ["data.held_out=celeba_spoof", "data.held_out=folder"]
+    assert all(r["status"] == "ok" and 0 <= float(r["test/auroc"]) <= 1 for r in rows)
+    for index, held_out in enumerate(("celeba_spoof", "folder")):
+        report = json.loads((summary.parent / str(index) / "report" / "metrics.json").read_text())
+        (model,) = report["models"]
+        assert report["data_root"].startswith("celeba_spoof (") and model["per_source"] == {}  # one source tested
+        assert model["counts"]["live"] > 0 and model["counts"]["spoof"] > 0, held_out
+        log = (summary.parent / str(index) / "train.log").read_text()
+        other = "folder" if held_out == "celeba_spoof" else "celeba_spoof"
+        assert f"{other}: its " in log and f"held_out={held_out} is the test data" in log

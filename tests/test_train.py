@@ -278,3 +278,50 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_evaluation(tiny_data:
     assert ddp["threshold_choice"]["value"] == pytest.approx(alone["threshold_choice"]["value"], rel=1e-6)
     for key in METRIC_KEYS:
         assert ddp["metrics"][key] == pytest.approx(alone["metrics"][key], abs=1e-6), key
+
+
+def own_data(tiny_folder: Path, reference_dir: Path, run_dir: Path) -> list[str]:
+    """Overrides that train on the folder twin: YuNet from ../shared, the automatic caches under the run."""
+    yunet = reference_dir / "yunet/face_detection_yunet_2023mar.onnx"
+    return [*TINY_RUN, "data.input_size=48", f"detector.model_path={yunet}", f"paths.data_dir={run_dir / 'data'}"]
+
+
+def test_training_on_a_folder_tree(tiny_folder: Path, reference_dir: Path, tmp_path: Path) -> None:
+    overrides = [*own_data(tiny_folder, reference_dir, tmp_path), "data=folder", f"data.root={tiny_folder}"]
+    _, metrics = train(compose_train([*overrides, "trainer.max_epochs=1"], tmp_path))
+    assert 0 <= float(metrics["test/auroc"]) <= 1
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert report["data_root"] == f"folder ({tiny_folder})"  # the report names the source
+    assert len(list((tmp_path / "data" / "prepared").glob("folder-48px-*/manifest.json"))) == 1
+
+
+def test_mixed_sources_report_per_source_metrics_and_resume_exactly(
+    tiny_folder: Path, tiny_data: Path, reference_dir: Path, tmp_path: Path
+) -> None:
+    overrides = [
+        *own_data(tiny_folder, reference_dir, tmp_path),
+        "data=mix",
+        f"data.sources.celeba_spoof.root={tiny_data}",
+        f"data.sources.folder.root={tiny_folder}",
+        "data.sources.folder.weight=2",
+        "trainer.deterministic=true",
+        "seed=3",
+    ]
+    _, metrics = train(compose_train([*overrides, "trainer.max_epochs=2"], tmp_path / "whole"))
+    for source in ("celeba_spoof", "folder"):
+        for key in ("auroc", "eer", "acer"):
+            assert f"test/{source}/{key}" in metrics
+    rows = list(csv.DictReader((tmp_path / "whole" / "csv" / "version_0" / "metrics.csv").open()))
+    assert any(r.get("val/folder/auroc") for r in rows) and any(r.get("val/celeba_spoof/auroc") for r in rows)
+    (model,) = json.loads((tmp_path / "whole" / "report" / "metrics.json").read_text())["models"]
+    assert set(model["per_source"]) == {"celeba_spoof", "folder"}
+    counts = [model["per_source"][name]["counts"] for name in ("celeba_spoof", "folder")]
+    assert sum(c["live"] + c["spoof"] for c in counts) == model["counts"]["live"] + model["counts"]["spoof"]
+    assert "## Per data source" in (tmp_path / "whole" / "report" / "report.md").read_text()
+
+    train(compose_train([*overrides, "trainer.max_epochs=1"], tmp_path / "first"))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    train(compose_train([*overrides, "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "first"))
+    whole, resumed = final_weights(tmp_path / "whole"), final_weights(tmp_path / "first")
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key

@@ -45,10 +45,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from fas.convention import ClassScheme, InputConvention
-from fas.data.cache import CropSpec, images_path, read_cached_split
+from fas.data.cache import CropSpec, read_cached_split
 from fas.data.celeba_spoof import read_split
 from fas.data.datamodule import FaceCropDataset, PackedCropDataset, face_item
 from fas.data.prepare import prepare
+from fas.data.sample import with_targets
 from fas.data.synthetic import SyntheticConfig, generate
 from fas.losses import fourier_target, to_gray_255
 from fas.models import FTHead, build_backbone
@@ -103,14 +104,12 @@ def loader_throughput(root: Path, cache: Path, batches: int, repeats: int) -> di
     """In this process with one torch thread: what a DataLoader worker runs (PyTorch gives each one thread)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    file_samples, _ = read_split(root, "train", BINARY_ALL)
-    packed_samples = read_cached_split(cache, "train", BINARY_ALL)
+    file_samples = with_targets(read_split(root, "train")[0], BINARY_ALL, "train")
+    packed_samples = with_targets(read_cached_split(cache, "train", "celeba_spoof"), BINARY_ALL, "train")
     loaders = {}
     for name, augmentation in (("silentface", silentface_augmentation()), ("none", None)):
         loaders[f"files, {name}"] = FaceCropDataset(file_samples, CONVENTION, augmentation)
-        loaders[f"packed, {name}"] = PackedCropDataset(
-            images_path(cache, "train"), packed_samples, CONVENTION, augmentation
-        )
+        loaders[f"packed, {name}"] = PackedCropDataset(cache, packed_samples, CONVENTION, augmentation)
     measured: dict[str, list[float]] = {name: [] for name in loaders}
     for _ in range(repeats):
         for name, dataset in loaders.items():
@@ -235,10 +234,13 @@ def train_throughput(
 ) -> dict[str, dict[str, float]]:
     """`repeats` rounds; each runs every pipeline once, so changes of load hit them alike."""
     augmentation = silentface_augmentation()
-    file_samples, _ = read_split(root, "train", BINARY_ALL)
+    file_samples = with_targets(read_split(root, "train")[0], BINARY_ALL, "train")
     files = FaceCropDataset(file_samples, CONVENTION, augmentation)
     packed = PackedCropDataset(
-        images_path(cache, "train"), read_cached_split(cache, "train", BINARY_ALL), CONVENTION, augmentation
+        cache,
+        with_targets(read_cached_split(cache, "train", "celeba_spoof"), BINARY_ALL, "train"),
+        CONVENTION,
+        augmentation,
     )
     ft_size = 2 * ((SIZE + 15) // 16)
     runs = {
@@ -262,7 +264,7 @@ def train_throughput(
 def ft_target_cost(root: Path, repeats: int) -> dict[str, float]:
     """Milliseconds per image of the FT target (best of `repeats`, after a warm-up): Silent-Face's
     per-sample numpy vs our batched torch.fft."""
-    samples, _ = read_split(root, "train", BINARY_ALL)
+    samples = with_targets(read_split(root, "train")[0], BINARY_ALL, "train")
     crops = [FaceCropDataset(samples, CONVENTION).load_crop(i) for i in range(BATCH)]
     batch = torch.stack([face_item(c, (0, 0, 0, 0), CONVENTION, None)["image"] for c in crops])
 

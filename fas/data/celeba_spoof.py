@@ -159,13 +159,15 @@ def read_split(root: Path, split: str, protocol: str = DEFAULT_PROTOCOL) -> tupl
     return samples, bad
 
 
-def iter_split(root: Path, split: str, protocol: str = DEFAULT_PROTOCOL) -> Iterator[Sample | BadSample]:
+def iter_split(
+    root: Path, split: str, protocol: str = DEFAULT_PROTOCOL, source: str = SOURCE_NAME
+) -> Iterator[Sample | BadSample]:
     """The records of a split in label-file order, streamed (prepare's memory does not grow with the dataset)."""
     for key, vector in iter_labels(protocol_label_file(root, split, protocol)):
-        yield record_of(root, split, key, vector)
+        yield record_of(root, split, key, vector, source)
 
 
-def record_of(root: Path, split: str, key: str, vector: list[int]) -> Sample | BadSample:
+def record_of(root: Path, split: str, key: str, vector: list[int], source: str = SOURCE_NAME) -> Sample | BadSample:
     spoof_type = int(vector[SPOOF_TYPE])
     image_path = root / key
     if not image_path.is_file():
@@ -181,7 +183,7 @@ def record_of(root: Path, split: str, key: str, vector: list[int]) -> Sample | B
         spoof_type=spoof_type,
         subject=subject_of(key),
         split=split,
-        source=SOURCE_NAME,
+        source=source,
         key=key,
         box_frame=BB_FRAME_SIZE,
         illumination=int(vector[ILLUMINATION]),
@@ -233,7 +235,7 @@ class CelebASpoofSource:
 
     def records(self, splits: Sequence[str] | None = None) -> Iterator[Sample | BadSample]:
         for split in splits or self.splits:
-            yield from iter_split(self.root, split, self.protocol)
+            yield from iter_split(self.root, split, self.protocol, self.name)
 
     def fingerprint(self, splits: Sequence[str] | None = None) -> dict[str, str]:
         """The sha256 of each split's label file: a cache made from other labels is not this source's."""

@@ -375,7 +375,8 @@ class FaceDataModule(L.LightningDataModule):
         return base / f"{source.name}-{self.crop.size}px-{digest}"
 
     def prepare_cache(self, source: Source, cache: Path) -> None:
-        """Make (or finish, or refresh) the automatic cache of a folder or manifest source."""
+        """Make (or finish, or refresh) the automatic cache of a folder or manifest source. The faces found
+        are remembered beside it, so the source prepared at another crop is not searched for faces again."""
         if (cache / "manifest.json").is_file():
             manifest = read_manifest(cache)
             if manifest.get("files_sha256") != source.fingerprint():
@@ -383,7 +384,10 @@ class FaceDataModule(L.LightningDataModule):
                 shutil.rmtree(cache)
             elif manifest.get("complete"):
                 return
-        summary = prepare(source, cache, self.crop, self.detector, workers=max(1, self.num_workers), progress=False)
+        identity = json.dumps([source.settings(), source.fingerprint(), repr(self.detector)], sort_keys=True)
+        faces = cache.parent / f"{source.name}-faces-{hashlib.sha256(identity.encode()).hexdigest()[:12]}.tsv"
+        workers = max(1, self.num_workers)
+        summary = prepare(source, cache, self.crop, self.detector, workers=workers, progress=False, faces=faces)
         log.info("%s", summary)
 
     def setup(self, stage: str | None = None) -> None:
@@ -397,7 +401,7 @@ class FaceDataModule(L.LightningDataModule):
                 self.samples.setdefault(split, []).extend(samples)
                 if samples:
                     parts[split].append((index, self.dataset(source, samples)))
-        for split in ("train", "test"):
+        for split in ("train", "test") if stage in (None, "fit") else ("test",):
             if not self.samples.get(split):
                 raise DatasetError(
                     f"{self.describe()}: the {split} split has no usable samples for class scheme "
@@ -439,7 +443,8 @@ class FaceDataModule(L.LightningDataModule):
 
     def assign_splits(self, name: str, samples: list[Sample]) -> dict[str, list[Sample]]:
         """train / val / test of one source: its own parts, val held out by subject from train, an unsplit
-        source split by subject (or tested whole), a held-out source tested whole."""
+        source split by subject (or tested whole). Leaving one dataset out, the held-out source is tested
+        whole and the others only train and validate."""
         if name == self.held_out or (self.unsplit == "test" and all(s.split is None for s in samples)):
             return {"train": [], "val": [], "test": samples}
         by_split: dict[str | None, list[Sample]] = {}
@@ -452,6 +457,11 @@ class FaceDataModule(L.LightningDataModule):
             train, test = train + rest, test + test_part
         if train and not val:
             train, val = split_by_subject(train, self.val_fraction, self.split_seed)
+        if self.held_out is not None and test:
+            log.info(
+                "%s: its %d test sample(s) are not used; held_out=%s is the test data", name, len(test), self.held_out
+            )
+            test = []
         return {"train": train, "val": val, "test": test}
 
     def dataset(self, source: Source, samples: list[Sample]) -> Dataset:

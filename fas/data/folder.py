@@ -127,7 +127,7 @@ class FolderSource:
         if unmapped:
             raise DatasetError(
                 f"{self.root}: folder(s) {', '.join(unmapped)} map to no spoof type; name each with "
-                f"data.sources.{self.name}.labels.<folder>=<type> (0 live ... 11 unknown attack, or a name such "
+                f"+data.sources.{self.name}.labels.<folder>=<type> (0 live ... 11 unknown attack, or a name such "
                 "as live, print, replay, spoof), or move the files into live/ or spoof/ folders"
             )
         for path in stray if splits is None or "train" in splits else []:  # listed with the train split

@@ -185,7 +185,7 @@ class ManifestSource:
         if label not in self.table:
             raise DatasetError(
                 f"{where}: label {label!r} maps to no spoof type; add it as "
-                f"data.sources.{self.name}.labels.{label or '<name>'}=<type> (0 live ... 11 unknown attack), or use a "
+                f"+data.sources.{self.name}.labels.{label or '<name>'}=<type> (0 live ... 11 unknown attack), or use a "
                 "known name such as live, spoof, print, replay"
             )
         return self.table[label]

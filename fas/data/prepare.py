@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import cv2
 import hydra
@@ -134,11 +134,13 @@ def prepare(
     progress: bool = True,
     face_rule: str = "largest",
     protocol: str = DEFAULT_PROTOCOL,
+    faces: Path | None = None,
 ) -> Summary:
     """Crop every record of `splits` (default: all the source has) into the cache at `output`; resume or
     skip finished work. `detector` builds the detector that finds the faces of records without a box
     (`fas.detect.detector_factory`, built in each worker process on first need); without one, they are
-    skipped. A path as `source` is a CelebA-Spoof root, read with `protocol`."""
+    skipped. A path as `source` is a CelebA-Spoof root, read with `protocol`. `faces` names a `FaceMemo`:
+    the faces in it are reused, and the ones this run finds are added to it."""
     if isinstance(source, str | Path):
         source = CelebASpoofSource(str(source), protocol)
     output = Path(output).resolve()
@@ -159,9 +161,12 @@ def prepare(
     records = sum(min(chunk_size, rows[split] - i * chunk_size) for split, indices in todo.items() for i in indices)
     chunks = (chunk for chunk in iter_chunks(source, splits, chunk_size) if chunk.index in todo[chunk.split])
     log.info("Cropping %d records into %s: %s", records, output, crop.describe())
-    job = CropJob(output, crop, detector, face_rule)
+    job = CropJob(output, crop, detector, face_rule, faces)
     run_chunks(chunks, records, job, workers or os.cpu_count() or 1, progress)
-    return finish(output, manifest, chunk_size, chunks_run=sum(len(indices) for indices in todo.values()))
+    summary = finish(output, manifest, chunk_size, chunks_run=sum(len(indices) for indices in todo.values()))
+    if faces is not None:
+        FaceMemo.record(faces, output)
+    return summary
 
 
 def record_split(record: Sample | BadSample) -> str:
@@ -240,8 +245,14 @@ class CropJob:
     crop: CropSpec
     detector: Callable[[], Detector] | None
     face_rule: str
+    faces: Path | None = None  # faces found before (FaceMemo), reused instead of detecting again
 
     def find_face(self, sample: Sample, image: np.ndarray) -> Face:
+        known = FaceMemo.load(self.faces).get(sample.key) if self.faces is not None else None
+        if known is not None:
+            if isinstance(known, str):
+                raise SampleError(sample.path, known)
+            return known
         if self.detector is None:
             raise SampleError(sample.path, "no face box given and no detector configured")
         key = repr(self.detector)
@@ -258,6 +269,62 @@ class CropJob:
 
 
 DETECTORS: dict[str, Detector] = {}  # built once per process
+
+
+class FaceMemo:
+    """The faces a detector found (or did not find) in a source's records, kept beside its caches so that
+    preparing the source again at another crop (another model's convention) detects nothing twice.
+
+    A TSV of record key, x, y, w, h, score, or the reason no face was used; its file name carries what
+    makes it valid (the source's settings and files, the detector and the face rule).
+    """
+
+    COLUMNS = ("key", "x", "y", "w", "h", "score", "reason")
+    loaded: ClassVar[dict[Path, dict[str, Face | str]]] = {}  # per process
+
+    @classmethod
+    def load(cls, path: Path) -> dict[str, Face | str]:
+        if path not in cls.loaded:
+            faces: dict[str, Face | str] = {}
+            if path.is_file():
+                with path.open(newline="") as file:
+                    for row in csv.DictReader(file, delimiter="\t"):
+                        if row["reason"]:
+                            faces[row["key"]] = row["reason"]
+                        else:
+                            box = tuple(int(float(row[c])) for c in "xywh")
+                            faces[row["key"]] = Face(box, float(row["score"]))
+            cls.loaded[path] = faces
+        return cls.loaded[path]
+
+    @classmethod
+    def record(cls, path: Path, cache: Path) -> None:
+        """Add the detected faces and the faces not found of a finished cache to the memo at `path`."""
+        rows = {}
+        if path.is_file():
+            with path.open(newline="") as file:
+                rows = {row["key"]: row for row in csv.DictReader(file, delimiter="\t")}
+        manifest = json.loads(manifest_path(cache).read_text())
+        for split in manifest["rows"]:
+            with (cache / f"{split}_samples.tsv").open(newline="") as file:
+                for row in csv.DictReader(file, delimiter="\t"):
+                    if row["box_from"] == "detected":
+                        rows[row["key"]] = {
+                            **{c: row[c] for c in "xywh"},
+                            "key": row["key"],
+                            "score": row["detector_score"],
+                        }
+        with skipped_path(cache).open(newline="") as file:
+            for row in csv.DictReader(file, delimiter="\t"):
+                if NO_FACE in row["reason"]:
+                    rows[row["key"]] = {"key": row["key"], "reason": row["reason"]}
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as file:
+            writer = csv.DictWriter(file, cls.COLUMNS, delimiter="\t", lineterminator="\n", restval="")
+            writer.writeheader()
+            writer.writerows(rows.values())
+        os.replace(tmp, path)
+        cls.loaded.pop(path, None)
 
 
 def run_chunks(chunks: Iterator[Chunk], records: int, job: CropJob, workers: int, progress: bool) -> None:

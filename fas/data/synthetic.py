@@ -487,3 +487,20 @@ def write_clip(path: Path, seed: int, subject: int, spoof_type: int, frames: int
             writer.write(cv2.resize(image, VIDEO_SIZE, interpolation=cv2.INTER_AREA))
     finally:
         writer.release()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m fas.data.synthetic <folder> [--folder]`: write the generated dataset (the default run's size)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fas.data.synthetic", description=main.__doc__)
+    parser.add_argument("root", type=Path)
+    parser.add_argument(
+        "--folder", action="store_true", help="the folder-format twin (class folders, videos, manifest)"
+    )
+    args = parser.parse_args(argv)
+    print(generate_folder(args.root) if args.folder else generate(args.root))
+
+
+if __name__ == "__main__":
+    main()
