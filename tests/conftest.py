@@ -1,13 +1,23 @@
-"""Shared fixtures: the reference folder `../shared` and a tiny generated CelebA-Spoof tree."""
+"""Shared fixtures: the reference folder `../shared` and a tiny generated CelebA-Spoof tree.
+
+The suite runs on every core (pytest-xdist, `-n` in pyproject.toml). The expensive session fixtures are
+built once per run, not once per worker: `shared_path` lets the first worker that needs one build it
+under the run's common temporary folder while the others wait, then reuse it.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
+from filelock import FileLock
 
 from fas.data.synthetic import SyntheticConfig, generate
 
@@ -17,7 +27,12 @@ REFERENCE = SHARED / "reference"
 
 TINY = SyntheticConfig(train_subjects=4, test_subjects=2, images_per_subject=12, live_fraction=0.4, seed=3)
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The cores are shared among the pytest-xdist workers: threads per worker (and its subprocesses, through
+# OMP_NUM_THREADS), so that two workers on two cores do not run four threads.
+THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+torch.set_num_threads(THREADS)
+cv2.setNumThreads(THREADS)
 # The suite's own fas cache (downloads, image checks): never the user's ~/.cache/fas. Subprocesses inherit it.
 os.environ.setdefault("FAS_CACHE_DIR", tempfile.mkdtemp(prefix="fas-test-cache-"))
 
@@ -36,10 +51,25 @@ def reference_dir() -> Path:
     return REFERENCE
 
 
+def shared_path(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """`<run temp>/<name>`, made by `build(path)` once per test run, whichever pytest-xdist worker asks first."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, above each worker's own
+    target, done = base / name, base / f"{name}.done"
+    with FileLock(str(base / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir(parents=True)
+            build(target)
+            done.touch()
+    return target
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 72-image synthetic dataset in the CelebA-Spoof layout (generated once per test session)."""
-    return generate(tmp_path_factory.mktemp("tiny_data"), TINY, workers=1)
+    """A 72-image synthetic dataset in the CelebA-Spoof layout (generated once per test run)."""
+    return shared_path(tmp_path_factory, "tiny_data", lambda path: generate(path, TINY, workers=1))
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +78,10 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _BB.txt beside every other image, two live and two replay clips per split) with its manifest.csv."""
     from fas.data.synthetic import generate_folder
 
-    return generate_folder(tmp_path_factory.mktemp("tiny_folder"), TINY, videos=2, frames_per_clip=12)
+    def build(path: Path) -> None:
+        generate_folder(path, TINY, videos=2, frames_per_clip=12)
+
+    return shared_path(tmp_path_factory, "tiny_folder", build)
 
 
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -70,12 +103,13 @@ def short_fit(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path
     evaluate tests: trained enough that its spoof scores spread out instead of all sitting near 0.5."""
     from fas.train import train
 
-    run_dir = tmp_path_factory.mktemp("short_fit")
-    overrides = [f"data.root={tiny_data}", "data.input_size=64", "optimizer=adamw", "trainer.max_epochs=6"]
-    cfg = compose_train([*TINY_RUN, *overrides, "trainer.log_every_n_steps=1", "seed=0"], run_dir)
-    metric, metrics = train(cfg)
-    assert metric == pytest.approx(float(metrics["test/auroc"]))
-    return run_dir
+    def build(run_dir: Path) -> None:
+        overrides = [f"data.root={tiny_data}", "data.input_size=64", "optimizer=adamw", "trainer.max_epochs=6"]
+        cfg = compose_train([*TINY_RUN, *overrides, "trainer.log_every_n_steps=1", "seed=0"], run_dir)
+        metric, metrics = train(cfg)
+        assert metric == pytest.approx(float(metrics["test/auroc"]))
+
+    return shared_path(tmp_path_factory, "short_fit", build)
 
 
 @pytest.fixture(scope="session")
@@ -86,8 +120,12 @@ def ranked_checkpoint(short_fit: Path, tiny_data: Path, tmp_path_factory: pytest
     score sits within ~1e-5 of the others, and float noise between backends reorders near-ties. Statistics
     re-estimated on the training images spread the scores over (0, 1), so parity is tested on a real ranking.
     """
-    import json
+    return shared_path(tmp_path_factory, "ranked", lambda path: recalibrate(short_fit, tiny_data, path)) / (
+        "recalibrated.ckpt"
+    )
 
+
+def recalibrate(short_fit: Path, tiny_data: Path, folder: Path) -> None:
     from fas.data.datamodule import FaceDataModule
     from fas.module import LivenessModule
 
@@ -106,18 +144,31 @@ def ranked_checkpoint(short_fit: Path, tiny_data: Path, tmp_path_factory: pytest
         for batch in datamodule.train_dataloader():
             module(batch["image"])
     checkpoint["state_dict"] = module.state_dict()
-    out = tmp_path_factory.mktemp("ranked") / "recalibrated.ckpt"
-    torch.save(checkpoint, out)
-    return out
+    torch.save(checkpoint, folder / "recalibrated.ckpt")
 
 
-def wandb_records(run_dir: Path) -> list:
-    """The records of an offline wandb run (`<dir>/wandb/offline-run-*/run-*.wandb`), parsed.
+def wandb_records(run_dir: Path, timeout: float = 60.0) -> list:
+    """The records of an offline wandb run (`<dir>/wandb/offline-run-*/run-*.wandb`), parsed, once the run's
+    `exit` record is there: wandb's writer process may still be flushing the file when `finish()` returns."""
+    import time
 
-    The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks, each with a 7-byte
+    from google.protobuf.message import DecodeError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = read_wandb_file(run_dir)
+        except (DecodeError, ValueError):  # a record still being written
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def read_wandb_file(run_dir: Path) -> list:
+    """The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of chunks, each with a 7-byte
     header (CRC32C, little-endian length, type: 1 full, 2 first, 3 middle, 4 last) holding a
-    serialized `wandb_internal_pb2.Record`.
-    """
+    serialized `wandb_internal_pb2.Record`."""
     import struct
 
     from wandb.proto import wandb_internal_pb2
@@ -176,13 +227,13 @@ def published_onnx(reference_dir: Path, tmp_path_factory: pytest.TempPathFactory
     from fas.export.onnx import export_onnx
     from fas.inference.backends import load_backend
 
-    folder = tmp_path_factory.mktemp("published_onnx")
-    exported = {}
-    for relative in PUBLISHED_WEIGHTS:
-        backend = load_backend(reference_dir / relative)
-        name = Path(relative).name
-        exported[name] = export_onnx(backend.model, backend.info, folder / name.replace(".pth", ".onnx"))
-    return exported
+    def build(folder: Path) -> None:
+        for relative in PUBLISHED_WEIGHTS:
+            backend = load_backend(reference_dir / relative)
+            export_onnx(backend.model, backend.info, folder / Path(relative).name.replace(".pth", ".onnx"))
+
+    folder = shared_path(tmp_path_factory, "published_onnx", build)
+    return {Path(r).name: folder / Path(r).name.replace(".pth", ".onnx") for r in PUBLISHED_WEIGHTS}
 
 
 # How `broken_data` breaks samples: (split, index among the split's sorted keys, what is done, reason reported).
@@ -205,8 +256,6 @@ BREAKAGES = [
 
 def break_samples(root: Path) -> dict[str, str]:
     """Apply BREAKAGES to a CelebA-Spoof tree; returns {key: reason prepare must report}."""
-    import json
-
     import cv2
     import numpy as np
 
@@ -237,11 +286,13 @@ def break_samples(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def broken_data(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> tuple[Path, dict[str, str]]:
     """`tiny_data` with one sample broken in each way CelebA-Spoof files break (BREAKAGES)."""
-    import shutil
 
-    root = tmp_path_factory.mktemp("broken_data") / "CelebA_Spoof"
-    shutil.copytree(tiny_data, root)
-    return root, break_samples(root)
+    def build(folder: Path) -> None:
+        shutil.copytree(tiny_data, folder / "CelebA_Spoof")
+        (folder / "broken.json").write_text(json.dumps(break_samples(folder / "CelebA_Spoof")))
+
+    folder = shared_path(tmp_path_factory, "broken_data", build)
+    return folder / "CelebA_Spoof", json.loads((folder / "broken.json").read_text())
 
 
 PREPARED_CROP_SETTINGS = {"size": 64, "scale": 2.7, "mode": "shift", "interpolation": None}
@@ -253,6 +304,8 @@ def prepared_cache(tmp_path_factory: pytest.TempPathFactory, broken_data: tuple[
     from fas.data.cache import CropSpec
     from fas.data.prepare import prepare
 
-    output = tmp_path_factory.mktemp("prepared") / "cache"
-    prepare(broken_data[0], output, CropSpec(**PREPARED_CROP_SETTINGS), workers=2, chunk_size=8, progress=False)
-    return output
+    def build(folder: Path) -> None:
+        crop = CropSpec(**PREPARED_CROP_SETTINGS)
+        prepare(broken_data[0], folder / "cache", crop, workers=2, chunk_size=8, progress=False)
+
+    return shared_path(tmp_path_factory, "prepared", build) / "cache"
