@@ -8,6 +8,7 @@ models record whichever the data config used.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -102,3 +103,27 @@ class ModelInfo:
     class_scheme: ClassScheme
     backbone: str
     config: dict[str, Any] | None = None
+
+    def to_properties(self) -> dict[str, str]:
+        """String key-value metadata, as ONNX and TFLite files carry it (`fas.convention`, `fas.class_scheme`,
+        `fas.backbone`, `fas.config`)."""
+        properties = {
+            "fas.convention": json.dumps(self.convention.to_dict()),
+            "fas.class_scheme": json.dumps(self.class_scheme.to_dict()),
+            "fas.backbone": self.backbone,
+        }
+        if self.config is not None:
+            properties["fas.config"] = json.dumps(self.config)
+        return properties
+
+    @classmethod
+    def from_properties(cls, properties: dict[str, str]) -> ModelInfo:
+        """The inverse of `to_properties`; KeyError / ValueError / TypeError when they are missing or malformed."""
+        class_scheme = json.loads(properties["fas.class_scheme"])
+        class_scheme["spoof_type_classes"] = {int(k): v for k, v in class_scheme["spoof_type_classes"].items()}
+        return cls(
+            convention=InputConvention.from_dict(json.loads(properties["fas.convention"])),
+            class_scheme=ClassScheme.from_dict(class_scheme),
+            backbone=properties.get("fas.backbone", "unknown"),
+            config=json.loads(properties["fas.config"]) if "fas.config" in properties else None,
+        )

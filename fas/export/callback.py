@@ -1,8 +1,10 @@
-"""End-of-training export: the best checkpoint -> `model.onnx`, `model_int8.onnx` and their report."""
+"""End-of-training export: the best checkpoint -> `model.onnx`, `model_int8.onnx` and their report (and, with
+`formats=[onnx,tflite]`, the LiteRT files for phones and theirs)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -10,8 +12,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger, WandbLogger
 
 from fas.data.datamodule import FaceDataModule
-from fas.export.pipeline import ExportResult, export_model
+from fas.export.pipeline import ExportResult, export_formats, export_model, export_tflite_model
 from fas.export.quantize import QuantizationRecipe
+from fas.export.tflite import TfliteRecipe, require
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +26,23 @@ class OnnxExport(Callback):
     `result` holds the paths and the report once the export ran.
     """
 
-    def __init__(self, output_dir: str | Path, quantization: QuantizationRecipe, optimize: bool = True) -> None:
+    def __init__(
+        self,
+        output_dir: str | Path,
+        quantization: QuantizationRecipe,
+        optimize: bool = True,
+        formats: Sequence[str] = ("onnx",),
+        tflite: TfliteRecipe | None = None,
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.quantization = quantization
         self.optimize = optimize
-        self.result: ExportResult | None = None
+        self.formats = export_formats(formats)
+        self.tflite = tflite or TfliteRecipe()
+        if "tflite" in self.formats:
+            require("litert_torch")  # a missing extra stops the run before training, not after it
+        self.result: ExportResult | None = None  # the ONNX export (the first format written otherwise)
+        self.results: dict[str, ExportResult] = {}
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
@@ -43,10 +58,15 @@ class OnnxExport(Callback):
                 "ONNX export skipped: it needs a saved checkpoint (ModelCheckpoint callback) and a FaceDataModule"
             )
             return None
-        result = export_model(path, self.output_dir, self.quantization, datamodule, self.optimize)
-        log.info("Exported %s", result.summary())
-        log_artifact(trainer.loggers, result)
-        return result
+        for kind in self.formats:
+            if kind == "onnx":
+                result = export_model(path, self.output_dir, self.quantization, datamodule, self.optimize)
+            else:
+                result = export_tflite_model(path, self.output_dir, self.tflite, datamodule)
+            log.info("Exported %s", result.summary())
+            log_artifact(trainer.loggers, result)
+            self.results[kind] = result
+        return self.results.get("onnx") or next(iter(self.results.values()))
 
 
 def log_artifact(loggers: list[Logger], result: ExportResult) -> None:
@@ -58,7 +78,8 @@ def log_artifact(loggers: list[Logger], result: ExportResult) -> None:
         import wandb  # only with a wandb logger, which needs it anyway
 
         run = logger.experiment
-        artifact = wandb.Artifact(f"onnx-{run.id}", type="model", metadata=result.report)
+        kind = "onnx" if result.fp32.suffix == ".onnx" else "tflite"
+        artifact = wandb.Artifact(f"{kind}-{run.id}", type="model", metadata=result.report)
         for path in (result.fp32, result.int8, result.report_json, result.report_md):
             if path is not None:
                 artifact.add_file(str(path))

@@ -11,7 +11,6 @@ Graph: input `input` (N, 3, S, S) float32 with a dynamic batch axis, output `log
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ import onnx
 import torch
 from torch import nn
 
-from fas.convention import ClassScheme, InputConvention, ModelInfo
+from fas.convention import ModelInfo
 from fas.errors import FasError
 from fas.models.pretrained import CONVENTIONS
 
@@ -89,13 +88,7 @@ def quiet_loggers(levels: dict[str, int]) -> Iterator[None]:
 
 
 def write_metadata(proto: onnx.ModelProto, info: ModelInfo) -> None:
-    values = {
-        "fas.convention": json.dumps(info.convention.to_dict()),
-        "fas.class_scheme": json.dumps(info.class_scheme.to_dict()),
-        "fas.backbone": info.backbone,
-    }
-    if info.config is not None:
-        values["fas.config"] = json.dumps(info.config)
+    values = info.to_properties()
     kept = [p for p in proto.metadata_props if p.key not in values]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
@@ -144,13 +137,6 @@ def read_metadata(source: str | Path | onnx.ModelProto, name: str | Path | None 
             "is recorded"
         )
     try:
-        class_scheme = json.loads(props["fas.class_scheme"])
-        class_scheme["spoof_type_classes"] = {int(k): v for k, v in class_scheme["spoof_type_classes"].items()}
-        return ModelInfo(
-            convention=InputConvention.from_dict(json.loads(props["fas.convention"])),
-            class_scheme=ClassScheme.from_dict(class_scheme),
-            backbone=props.get("fas.backbone", "unknown"),
-            config=json.loads(props["fas.config"]) if "fas.config" in props else None,
-        )
+        return ModelInfo.from_properties(props)
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         raise OnnxMetadataError(f"{name}: its fas metadata is malformed ({error}); export it again") from None

@@ -1,4 +1,4 @@
-"""Parity and cost of an export: PyTorch vs FP32 ONNX vs INT8 ONNX on the same test crops.
+"""Parity and cost of an export: PyTorch vs the FP32 file vs the INT8 file (ONNX or LiteRT) on the same test crops.
 
 Every model is scored through `fas.inference.backends`, the code path evaluation and prediction use.
 The decision compared between INT8 and FP32 is live vs spoof (argmax == real class), the accuracy
@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from fas.inference.backends import Backend, OnnxBackend
+from fas.hardware import cpu_info, describe_cpu
+from fas.inference.backends import Backend, load_backend
 
-FP32_TOLERANCE = 1e-4  # max |logit difference| allowed between PyTorch and the FP32 ONNX file
+FP32_TOLERANCE = 1e-4  # max |logit difference| allowed between PyTorch and the FP32 file
+FORMATS = {".onnx": "ONNX", ".tflite": "LiteRT"}
 INT8_ACCURACY_BUDGET = 0.5  # points of accuracy INT8 may change against FP32 before a warning
 SCORING_BATCH = 64
 
@@ -40,8 +42,8 @@ def batched_logits(backend: Backend, images: np.ndarray) -> np.ndarray:
 
 
 def latency_ms(path: str | Path, input_size: int, runs: int = 100, warmup: int = 10) -> float:
-    """Median wall time of one single-thread batch-1 inference, in milliseconds."""
-    backend = OnnxBackend(path, threads=1)
+    """Median wall time of one single-thread batch-1 inference of an ONNX or LiteRT file, in milliseconds."""
+    backend = load_backend(path, threads=1)
     image = np.random.default_rng(0).uniform(0, 1, (1, 3, input_size, input_size)).astype(np.float32)
     for _ in range(warmup):
         backend.logits(image)
@@ -62,12 +64,18 @@ def parity(
 ) -> dict[str, Any]:
     """The numbers of the report (see module docstring); `int8` is absent when no INT8 file was made."""
     torch_logits = batched_logits(torch_backend, data.images)
-    fp32_logits = batched_logits(OnnxBackend(fp32_path), data.images)
+    fp32_backend = load_backend(fp32_path)
+    fp32_logits = batched_logits(fp32_backend, data.images)
+    if getattr(fp32_backend, "outputs_probabilities", False):  # a file ending in softmax reads as log p
+        torch_logits = torch_logits - np.log(np.exp(torch_logits).sum(axis=1, keepdims=True))
     size = data.images.shape[-1]
     report: dict[str, Any] = {
+        "format": FORMATS[Path(fp32_path).suffix],
+        "cpu": cpu_info(),
         "test_images": len(data),
         "pytorch": {"accuracy": accuracy_points(torch_logits, data.targets)},
         "fp32": {
+            "file": Path(fp32_path).name,
             "file_bytes": fp32_path.stat().st_size,
             "max_abs_logit_diff_vs_pytorch": float(np.abs(fp32_logits - torch_logits).max()),
             "tolerance": FP32_TOLERANCE,
@@ -76,11 +84,12 @@ def parity(
         },
     }
     if int8_path is not None:
-        int8_logits = batched_logits(OnnxBackend(int8_path), data.images)
+        int8_logits = batched_logits(load_backend(int8_path), data.images)
         fp32_live = fp32_logits.argmax(axis=1) == real_class_index
         int8_live = int8_logits.argmax(axis=1) == real_class_index
         accuracy = accuracy_points(int8_logits, data.targets)
         report["int8"] = {
+            "file": Path(int8_path).name,
             "file_bytes": int8_path.stat().st_size,
             "max_abs_logit_diff_vs_fp32": float(np.abs(int8_logits - fp32_logits).max()),
             "decision_agreement": float(np.mean(fp32_live == int8_live)),
@@ -91,9 +100,9 @@ def parity(
     return report
 
 
-def write_report(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
-    """`report.json` (everything) and `report.md` (a table for people) in `directory`."""
-    json_path, md_path = directory / "report.json", directory / "report.md"
+def write_report(report: dict[str, Any], directory: Path, name: str = "report") -> tuple[Path, Path]:
+    """`<name>.json` (everything) and `<name>.md` (a table for people) in `directory`."""
+    json_path, md_path = directory / f"{name}.json", directory / f"{name}.md"
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     md_path.write_text(markdown(report))
     return json_path, md_path
@@ -101,11 +110,12 @@ def write_report(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
 
 def markdown(report: dict[str, Any]) -> str:
     fp32, int8 = report["fp32"], report.get("int8")
+    kind = report.get("format", "ONNX")
     rows = [
-        "| | PyTorch | FP32 ONNX | INT8 ONNX |",
+        f"| | PyTorch | FP32 {kind} | INT8 {kind} |",
         "|---|---|---|---|",
-        f"| file | {report['source']} | model.onnx, {fp32['file_bytes'] / 1024:.0f} KiB | "
-        + (f"model_int8.onnx, {int8['file_bytes'] / 1024:.0f} KiB |" if int8 else "not made |"),
+        f"| file | {report['source']} | {fp32['file']}, {fp32['file_bytes'] / 1024:.0f} KiB | "
+        + (f"{int8['file']}, {int8['file_bytes'] / 1024:.0f} KiB |" if int8 else "not made |"),
         f"| accuracy (%) | {report['pytorch']['accuracy']:.2f} | {fp32['accuracy']:.2f} | "
         + (f"{int8['accuracy']:.2f} ({int8['accuracy_delta_points']:+.2f} vs FP32) |" if int8 else "- |"),
         f"| max abs logit difference | - | {fp32['max_abs_logit_diff_vs_pytorch']:.2e} vs PyTorch | "
@@ -115,10 +125,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"| latency, 1 thread, batch 1 (ms) | - | {fp32['latency_ms']:.2f} | "
         + (f"{int8['latency_ms']:.2f} |" if int8 else "- |"),
     ]
+    settings = f"Quantization: {report['quantization']}."
+    if "optimize" in report:
+        settings += f" Graph rewrites for CPU: {'on' if report['optimize'] else 'off'}."
+    cpu = report.get("cpu")
+    measured = f" Latency measured on {describe_cpu(cpu)}." if cpu else ""
     return (
-        f"# Export of {report['backbone']} ({report['input_size']}x{report['input_size']})\n\n"
-        f"Test split: {report['test_images']} crops. Quantization: {report['quantization']['method']}"
-        f" ({report['quantization']}). Graph rewrites for CPU: {'on' if report['optimize'] else 'off'}.\n\n"
-        + "\n".join(rows)
-        + "\n"
+        f"# {kind} export of {report['backbone']} ({report['input_size']}x{report['input_size']})\n\n"
+        f"Test split: {report['test_images']} crops. {settings}{measured}\n\n" + "\n".join(rows) + "\n"
     )

@@ -26,11 +26,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from fas.convention import ModelInfo
 from fas.data.datamodule import FaceDataModule
 from fas.detect import detector_factory
-from fas.errors import FasError
+from fas.errors import ConfigError, FasError
+from fas.export import tflite
 from fas.export.onnx import export_onnx
 from fas.export.parity import INT8_ACCURACY_BUDGET, LabelledImages, parity, write_report
 from fas.export.quantize import QuantizationRecipe, quantize
 from fas.export.rewrite import optimize_for_cpu
+from fas.export.tflite import TfliteRecipe
 from fas.inference.backends import TorchBackend, load_backend
 
 log = logging.getLogger(__name__)
@@ -72,23 +74,66 @@ def export_model(
     optimize: bool = True,
     convention: str | None = None,
 ) -> ExportResult:
-    """Export `model_path` into `output_dir` and measure the files against the PyTorch model.
+    """Export `model_path` to ONNX (FP32, INT8) in `output_dir` and measure the files against the PyTorch model.
 
     `convention` names the input convention of a weights file that records none (see `load_backend`).
     """
     start = time.perf_counter()
+    backend, directory = prepare_export(model_path, output_dir, datamodule, convention)
+    calibration = calibration_images(datamodule, recipe.calibration_samples) if recipe.needs_calibration else None
+    fp32 = write_fp32(backend, directory / FP32_NAME, optimize, calibration)
+    int8 = quantize(fp32, directory / INT8_NAME, recipe, calibration)
+    settings = {"optimize": optimize, "quantization": recipe.to_dict()}
+    return finish_export(model_path, backend, datamodule, fp32, int8, settings, start, "report")
+
+
+def export_tflite_model(
+    model_path: str | Path,
+    output_dir: str | Path,
+    recipe: TfliteRecipe,
+    datamodule: FaceDataModule,
+    convention: str | None = None,
+) -> ExportResult:
+    """Export `model_path` to LiteRT (FP32, full-integer INT8) in `output_dir`; report like the ONNX export's
+    (`report_tflite.json` / `.md`). The files take NHWC input in the model's own convention."""
+    start = time.perf_counter()
+    backend, directory = prepare_export(model_path, output_dir, datamodule, convention)
+    fp32_name, int8_name = tflite.file_names(backend.info)
+    fp32 = tflite.export_fp32(backend.model, backend.info, directory / fp32_name, recipe.softmax)
+    int8 = None
+    if recipe.int8:
+        calibration = calibration_images(datamodule, recipe.calibration_samples).transpose(0, 2, 3, 1)
+        int8 = tflite.quantize_int8(fp32, directory / int8_name, calibration, recipe.int8_io)
+    settings = {"quantization": {"method": "full-integer int8" if recipe.int8 else "none", **recipe.to_dict()}}
+    return finish_export(model_path, backend, datamodule, fp32, int8, settings, start, "report_tflite")
+
+
+def prepare_export(
+    model_path: str | Path, output_dir: str | Path, datamodule: FaceDataModule, convention: str | None
+) -> tuple[TorchBackend, Path]:
+    """The PyTorch model of `model_path`, its data set up, and the output folder made."""
     backend = load_backend(model_path, convention=convention)
     if not isinstance(backend, TorchBackend):
-        raise ExportError(f"{model_path}: export needs a PyTorch model (a .ckpt), not an ONNX file")
+        raise ExportError(f"{model_path}: export needs a PyTorch model (a .ckpt or .pth), not an exported file")
     check_data_fits(backend.info, datamodule, model_path)
     datamodule.prepare_data()
     datamodule.setup("fit")
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
+    return backend, directory
 
-    calibration = calibration_images(datamodule, recipe.calibration_samples) if recipe.needs_calibration else None
-    fp32 = write_fp32(backend, directory / FP32_NAME, optimize, calibration)
-    int8 = quantize(fp32, directory / INT8_NAME, recipe, calibration)
+
+def finish_export(
+    model_path: str | Path,
+    backend: TorchBackend,
+    datamodule: FaceDataModule,
+    fp32: Path,
+    int8: Path | None,
+    settings: dict[str, Any],
+    start: float,
+    report_name: str,
+) -> ExportResult:
+    """Measure the files on the test split, write the report and check the FP32 file matches PyTorch."""
     test = labelled_images(datamodule.splits["test"])
     report = {
         "source": str(model_path),
@@ -96,13 +141,12 @@ def export_model(
         "input_size": backend.info.convention.input_size,
         "class_names": list(backend.info.class_scheme.class_names),
         "real_class_index": backend.info.class_scheme.real_class_index,
-        "optimize": optimize,
-        "quantization": recipe.to_dict(),
+        **settings,
         **parity(backend, fp32, int8, test, backend.info.class_scheme.real_class_index),
     }
     report["export_seconds"] = round(time.perf_counter() - start, 1)
-    report_json, report_md = write_report(report, directory)
-    result = ExportResult(directory, fp32, int8, report_json, report_md, report)
+    report_json, report_md = write_report(report, fp32.parent, report_name)
+    result = ExportResult(fp32.parent, fp32, int8, report_json, report_md, report)
     check_parity(result)
     return result
 
@@ -128,20 +172,28 @@ def check_data_fits(info: ModelInfo, datamodule: FaceDataModule, model_path: str
 
 def check_parity(result: ExportResult) -> None:
     fp32, int8 = result.report["fp32"], result.report.get("int8")
+    onnx_file = result.fp32.suffix == ".onnx"
     if fp32["max_abs_logit_diff_vs_pytorch"] > fp32["tolerance"]:
+        fix = "export with optimize=false (callbacks.export.optimize=false in training) and " if onnx_file else ""
         raise ExportError(
             f"{result.fp32} differs from the PyTorch model by {fp32['max_abs_logit_diff_vs_pytorch']:.2e} "
-            f"(tolerance {fp32['tolerance']:.0e}); export with optimize=false (callbacks.export.optimize=false "
-            "in training) and report the model"
+            f"(tolerance {fp32['tolerance']:.0e}); {fix}report the model"
         )
     if int8 is not None and abs(int8["accuracy_delta_points"]) > INT8_ACCURACY_BUDGET:
+        fix = (
+            "keep more layers float (quantization.float_stride=8), try another quantization.calibration_method "
+            "or more calibration_samples, or use quantization=none"
+            if onnx_file
+            else "try more tflite.calibration_samples, or ship the FP32 file"
+        )
         log.warning(
-            "INT8 changes test accuracy by %+.2f points against FP32 (budget %.1f; %.1f%% of live/spoof decisions "
-            "agree); keep more layers float (quantization.float_stride=8), try another quantization.calibration_method "
-            "or more calibration_samples, or use quantization=none",
+            "%s changes test accuracy by %+.2f points against FP32 (budget %.1f; %.1f%% of live/spoof decisions "
+            "agree); %s",
+            result.int8.name,
             int8["accuracy_delta_points"],
             INT8_ACCURACY_BUDGET,
             100 * int8["decision_agreement"],
+            fix,
         )
 
 
@@ -177,12 +229,31 @@ def datamodule_for(data_cfg: DictConfig, info: ModelInfo, detector_cfg: DictConf
 
 
 def export(cfg: DictConfig) -> ExportResult:
-    """`python export.py ckpt_path=...`: the datamodule follows the checkpoint's convention."""
+    """`python export.py ckpt_path=... [format=onnx|tflite|[onnx,tflite]]`: the datamodule follows the
+    checkpoint's convention. Returns the result of the last format written."""
+    formats = export_formats(cfg.get("format", "onnx"))
     convention = cfg.get("convention")
     info = load_backend(cfg.ckpt_path, convention=convention).info
-    recipe: QuantizationRecipe = hydra.utils.instantiate(cfg.quantization)
     output_dir = Path(cfg.paths.output_dir) / "export"
     datamodule = datamodule_for(cfg.data, info, cfg.get("detector"))
-    result = export_model(cfg.ckpt_path, output_dir, recipe, datamodule, cfg.optimize, convention)
-    log.info("Exported %s", result.summary())
+    for kind in formats:
+        if kind == "onnx":
+            recipe: QuantizationRecipe = hydra.utils.instantiate(cfg.quantization)
+            result = export_model(cfg.ckpt_path, output_dir, recipe, datamodule, cfg.optimize, convention)
+        else:
+            tflite_recipe: TfliteRecipe = hydra.utils.instantiate(cfg.tflite)
+            result = export_tflite_model(cfg.ckpt_path, output_dir, tflite_recipe, datamodule, convention)
+        log.info("Exported %s", result.summary())
     return result
+
+
+FORMATS = ("onnx", "tflite")
+
+
+def export_formats(value: Any) -> list[str]:
+    """`onnx`, `tflite` or a list of them -> the list, checked."""
+    formats = [value] if isinstance(value, str) else list(value)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ConfigError(f"format={value}: choose onnx, tflite or [onnx,tflite]")
+    return formats

@@ -17,7 +17,9 @@ import onnxruntime as ort
 import torch
 
 from fas.convention import ModelInfo
+from fas.export import tflite
 from fas.export.onnx import OnnxFileError, has_metadata, read_metadata, read_onnx
+from fas.export.tflite import require as require_tflite
 from fas.models.checkpoint import CheckpointMismatchError, first_line, read_checkpoint
 from fas.models.pretrained import import_published, published_convention
 
@@ -116,6 +118,52 @@ def foreign_onnx_info(proto: onnx.ModelProto, path: str | Path, convention: str)
     return ModelInfo(input_convention, scheme, "unknown", {"imported_from": Path(path).name, "source": convention})
 
 
+class TfliteBackend:
+    """A LiteRT (.tflite) file on the ai-edge-litert interpreter (CPU, XNNPACK), one image per invoke, as on a
+    phone. It takes NHWC input: batches are transposed, and quantized for an int8-input file. A fas export
+    says its convention in its metadata; a file made elsewhere (e.g. the Android app's own) takes the named
+    `convention`, its size and class count read from its input and output shapes."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, convention: str | None = None) -> None:
+        interpreter = require_tflite("ai_edge_litert.interpreter")
+        self.path = Path(path)
+        properties = tflite.read_properties(self.path)
+        try:
+            self.interpreter = interpreter.Interpreter(model_path=str(self.path), num_threads=threads or 1)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as error:
+            raise tflite.TfliteError(f"{self.path}: LiteRT cannot run it ({first_line(error)})") from None
+        self.input, self.output = self.interpreter.get_input_details()[0], self.interpreter.get_output_details()[0]
+        if properties or convention is None:
+            self.info, extras = tflite.read_metadata(self.path)
+            self.outputs_probabilities = extras[tflite.OUTPUT_KEY] == "probabilities"
+        else:
+            size, classes = int(self.input["shape"][1]), int(self.output["shape"][-1])
+            input_convention, scheme = published_convention(convention).resolve(convention, size, classes, path)
+            self.info = ModelInfo(
+                input_convention, scheme, "unknown", {"imported_from": self.path.name, "source": convention}
+            )
+            self.outputs_probabilities = False
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        outputs = []
+        for image in np.asarray(batch, np.float32):
+            value = image.transpose(1, 2, 0)[None]
+            if self.input["dtype"] != np.float32:
+                scale, zero = self.input["quantization"]
+                info = np.iinfo(self.input["dtype"])
+                value = np.clip(np.round(value / scale + zero), info.min, info.max).astype(self.input["dtype"])
+            self.interpreter.set_tensor(self.input["index"], value)
+            self.interpreter.invoke()
+            output = self.interpreter.get_tensor(self.output["index"]).astype(np.float32)
+            if self.output["dtype"] != np.float32:
+                scale, zero = self.output["quantization"]
+                output = (output - zero) * scale
+            outputs.append(output[0])
+        logits = np.stack(outputs) if outputs else np.empty((0, int(self.output["shape"][-1])), np.float32)
+        return np.log(np.maximum(logits, 1e-30)) if self.outputs_probabilities else logits
+
+
 def is_lightning_checkpoint(checkpoint: dict) -> bool:
     return "state_dict" in checkpoint and "hyper_parameters" in checkpoint
 
@@ -123,7 +171,7 @@ def is_lightning_checkpoint(checkpoint: dict) -> bool:
 def load_backend(
     path: str | Path, device: str = "cpu", threads: int | None = None, convention: str | None = None
 ) -> Backend:
-    """A backend for an `.onnx` export, a Lightning checkpoint or published weights (`.pth`, `.pt`, ...).
+    """A backend for an `.onnx` or `.tflite` export, a Lightning checkpoint or published weights (`.pth`, ...).
 
     The kind of a weights file is told from its content, never its suffix: a Lightning checkpoint,
     suri-liveness's dict with `model_state_dict`, a Silent-Face or hairymax file (whose name carries its
@@ -135,4 +183,6 @@ def load_backend(
         raise CheckpointMismatchError(f"{path}: model file not found; check the path")
     if path.suffix == ".onnx":
         return OnnxBackend(path, threads, convention)
+    if path.suffix == ".tflite":
+        return TfliteBackend(path, threads, convention)
     return TorchBackend.from_weights_file(path, device, convention)

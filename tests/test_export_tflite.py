@@ -1,0 +1,230 @@
+"""LiteRT (TFLite) export for phones: parity with PyTorch, the Android app's two files, INT8, metadata, and use.
+
+These tests need the `mobile` extra (litert-torch, ai-edge-litert). Without it they skip, except where
+FAS_REQUIRE_MOBILE=1 (CI): there a missing extra fails them. The missing-extra error is tested always.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from fas.convention import InputConvention, ModelInfo
+from fas.export import tflite
+from fas.inference.backends import TfliteBackend, load_backend
+from fas.inference.preprocess import face_batch
+from fas.models import BACKBONES, build_backbone
+from fas.models.pretrained import SILENTFACE_SCHEME
+
+from conftest import TINY_DATA, compose_config
+
+HAS_MOBILE = importlib.util.find_spec("litert_torch") is not None and importlib.util.find_spec("ai_edge_litert")
+mobile = pytest.mark.skipif(
+    not HAS_MOBILE and os.environ.get("FAS_REQUIRE_MOBILE") != "1",
+    reason="the mobile extra is not installed (pip install -e '.[mobile]')",
+)
+SILENTFACE = ("2.7_80x80_MiniFASNetV2.pth", "4_0_0_80x80_MiniFASNetV1SE.pth")
+
+
+def test_the_missing_extra_is_one_line_naming_the_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_litert(name, *args, **kwargs):
+        if name.startswith(("litert_torch", "ai_edge_litert", "ai_edge_quantizer")):
+            raise ImportError(f"No module named '{name}'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_litert)
+    monkeypatch.setattr(tflite.importlib, "import_module", lambda name: without_litert(name))
+    model_file = tmp_path / "model.tflite"
+    model_file.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
+    for call in (
+        lambda: load_backend(model_file),
+        lambda: tflite.export_fp32(torch.nn.Identity(), None, tmp_path / "x.tflite"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(tflite.TfliteError) as refused:
+            call()
+        assert str(refused.value) == (
+            "LiteRT (.tflite) files need the mobile extra, which is not installed: "
+            "pip install -e '.[mobile]' && pip install 'typing-extensions>=4.14'"
+        )
+
+
+def test_the_app_file_names_follow_the_silentface_convention() -> None:
+    app = InputConvention(input_size=80, color_order="bgr", pixel_scale=1.0, crop_scale=2.7, crop_mode="shift")
+    assert tflite.file_names(ModelInfo(app, SILENTFACE_SCHEME, "minifasnet_v2")) == (
+        "spoof_model_scale_2_7.tflite",
+        "spoof_model_scale_2_7_int8.tflite",
+    )
+    four = InputConvention(**{**app.to_dict(), "crop_scale": 4.0})
+    assert tflite.file_names(ModelInfo(four, SILENTFACE_SCHEME, "minifasnet_v1se"))[0] == "spoof_model_scale_4_0.tflite"
+    rgb = InputConvention(**{**app.to_dict(), "color_order": "rgb"})
+    assert tflite.file_names(ModelInfo(rgb, SILENTFACE_SCHEME, "minifasnet_v2")) == (
+        "model.tflite",
+        "model_int8.tflite",
+    )
+
+
+def test_prelu_written_as_convolutions_is_exact() -> None:
+    torch.manual_seed(1)
+    prelu = torch.nn.PReLU(8)
+    with torch.no_grad():
+        prelu.weight.copy_(torch.tensor([-0.5, 0.0, 0.1, 0.25, 0.9, 1.0, 1.7, 3.0]))  # any slope, above 1 too
+    x = torch.randn(2, 8, 5, 5)
+    torch.testing.assert_close(tflite.PReluAsConvs(prelu)(x), prelu(x), rtol=0, atol=1e-6)
+
+
+GRID = [(name, size) for name in sorted(BACKBONES) for size in (80, 128)]
+
+
+@mobile
+@pytest.mark.slow
+@pytest.mark.parametrize(("backbone", "size"), GRID, ids=[f"{b}-{s}" for b, s in GRID])
+def test_fp32_matches_pytorch_on_every_backbone(backbone: str, size: int, tmp_path: Path) -> None:
+    model = build_backbone(backbone, input_size=size, num_classes=2).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so every layer matters
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+                layer.running_mean.uniform_(-0.5, 0.5)
+                layer.running_var.uniform_(0.5, 2.0)
+    info = ModelInfo(InputConvention(input_size=size), SILENTFACE_SCHEME.__class__("b", ("live", "spoof"), 0), backbone)
+    path = tflite.export_fp32(model, info, tmp_path / "model.tflite")
+    backend = load_backend(path)
+    assert isinstance(backend, TfliteBackend)
+    assert list(backend.input["shape"]) == [1, size, size, 3] and backend.input["dtype"] == np.float32
+    batch = np.random.default_rng(0).random((3, 3, size, size), dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(batch)).numpy()
+    np.testing.assert_allclose(backend.logits(batch), expected, atol=1e-4, rtol=0)
+    assert tflite.read_metadata(path) == (info, {"fas.layout": "nhwc", "fas.output": "logits"})
+
+
+@pytest.fixture(scope="module")
+def silentface_pair(reference_dir: Path, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`python export.py ckpt_path=<Silent-Face .pth> format=tflite` for both published files."""
+    from fas.export.pipeline import export
+
+    if not HAS_MOBILE:
+        if os.environ.get("FAS_REQUIRE_MOBILE") == "1":
+            pytest.fail("FAS_REQUIRE_MOBILE=1 but the mobile extra is not installed")
+        pytest.skip("the mobile extra is not installed (pip install -e '.[mobile]')")
+    results = {}
+    for name in SILENTFACE:
+        overrides = [f"ckpt_path={reference_dir / 'silentface' / name}", "format=tflite", *TINY_DATA]
+        cfg = compose_config("export", [*overrides, f"data.root={tiny_data}"], tmp_path_factory.mktemp("export"))
+        results[name] = export(cfg)
+    return results
+
+
+@mobile
+def test_the_silentface_pair_becomes_the_apps_two_files(silentface_pair: dict, reference_dir: Path) -> None:
+    """Their FP32 logits are Silent-Face's (within 1e-4), and the app's fusion of the two TFLite outputs (softmax
+    each, average, real iff class 1 wins) gives the recorded decisions."""
+    expected = json.loads((reference_dir / "expected/silentface.json").read_text())["images"]
+    names = {name: result.fp32.name for name, result in silentface_pair.items()}
+    assert names == {SILENTFACE[0]: "spoof_model_scale_2_7.tflite", SILENTFACE[1]: "spoof_model_scale_4_0.tflite"}
+    backends = {name: load_backend(result.fp32) for name, result in silentface_pair.items()}
+    for image_name, record in expected.items():
+        image = cv2.imread(str(reference_dir / "images" / image_name))
+        fused = []
+        for name, backend in backends.items():
+            nhwc = face_batch(image, [record["bbox_xywh"]], backend.info.convention).transpose(0, 2, 3, 1)
+            assert nhwc.shape == (1, 80, 80, 3) and nhwc.max() > 1.0  # BGR 0..255, as the app feeds it
+            backend.interpreter.set_tensor(backend.input["index"], nhwc)
+            backend.interpreter.invoke()
+            logits = backend.interpreter.get_tensor(backend.output["index"])[0]
+            np.testing.assert_allclose(logits, record["models"][name]["logits"], atol=1e-4, rtol=0)
+            fused.append(np.exp(logits) / np.exp(logits).sum())
+        assert int(np.argmax(np.mean(fused, axis=0))) == record["label"]
+    for result in silentface_pair.values():
+        report = result.report
+        assert report["format"] == "LiteRT" and report["fp32"]["max_abs_logit_diff_vs_pytorch"] <= 1e-4
+        assert (
+            result.int8.name.endswith("_int8.tflite") and result.int8.stat().st_size < 0.5 * result.fp32.stat().st_size
+        )
+        assert (result.directory / "report_tflite.md").read_text().startswith("# LiteRT export of minifasnet_")
+
+
+@mobile
+def test_predict_fuses_the_two_tflite_files(silentface_pair: dict, reference_dir: Path, tmp_path: Path) -> None:
+    from fas.predict import predict
+
+    files = ",".join(str(result.fp32) for result in silentface_pair.values())
+    yunet = reference_dir / "yunet/face_detection_yunet_2023mar.onnx"
+    overrides = [f"input={reference_dir / 'images'}", f"liveness.models=[{files}]", f"detector.model_path={yunet}"]
+    jsonl = predict(compose_config("predict", overrides, tmp_path))
+    labels = {Path(r["file"]).name: r["label"] for r in map(json.loads, jsonl.read_text().splitlines())}
+    assert labels == {"image_F1.jpg": "spoof", "image_F2.jpg": "spoof", "image_T1.jpg": "real"}
+
+
+@pytest.fixture(scope="module")
+def trained_tflite(ranked_checkpoint: Path, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tests' trained checkpoint exported to ONNX and LiteRT in one export.py run."""
+    from fas.export.pipeline import export
+
+    if not HAS_MOBILE:
+        if os.environ.get("FAS_REQUIRE_MOBILE") == "1":
+            pytest.fail("FAS_REQUIRE_MOBILE=1 but the mobile extra is not installed")
+        pytest.skip("the mobile extra is not installed (pip install -e '.[mobile]')")
+    folder = tmp_path_factory.mktemp("trained_tflite")
+    overrides = [f"ckpt_path={ranked_checkpoint}", "format=[onnx,tflite]", *TINY_DATA, f"data.root={tiny_data}"]
+    export(compose_config("export", overrides, folder))
+    return folder / "export"
+
+
+@mobile
+def test_int8_follows_fp32_on_the_trained_checkpoint(trained_tflite: Path) -> None:
+    report = json.loads((trained_tflite / "report_tflite.json").read_text())
+    assert report["quantization"]["method"] == "full-integer int8" and report["quantization"]["int8_io"] is False
+    assert report["int8"]["decision_agreement"] >= 0.9
+    assert abs(report["int8"]["accuracy_delta_points"]) <= 10
+    int8 = load_backend(trained_tflite / "model_int8.tflite")
+    ops = {op["op_name"] for op in int8.interpreter._get_ops_details()}
+    assert {"QUANTIZE", "DEQUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D"} <= ops
+    assert int8.input["dtype"] == np.float32 and int8.output["dtype"] == np.float32  # float I/O by default
+    assert {"model.onnx", "model_int8.onnx", "report.json"} <= {p.name for p in trained_tflite.iterdir()}
+
+
+@mobile
+def test_evaluate_takes_tflite_beside_onnx(trained_tflite: Path, tiny_data: Path, tmp_path: Path) -> None:
+    from fas.evaluate import evaluate
+
+    models = (
+        f"[{trained_tflite / 'model.onnx'},{trained_tflite / 'model.tflite'},{trained_tflite / 'model_int8.tflite'}]"
+    )
+    overrides = [f"ckpt_path={models}", *TINY_DATA, f"data.root={tiny_data}"]
+    onnx_model, fp32, int8 = json.loads(evaluate(compose_config("evaluate", overrides, tmp_path)).metrics.read_text())[
+        "models"
+    ]
+    assert fp32["metrics"]["auroc"] == pytest.approx(onnx_model["metrics"]["auroc"], abs=1e-6)
+    assert fp32["convention"] == onnx_model["convention"] and int8["counts"] == onnx_model["counts"]
+    assert abs(int8["metrics"]["auroc"] - fp32["metrics"]["auroc"]) < 0.1
+
+
+@mobile
+def test_int8_io_and_softmax_options(ranked_checkpoint: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """int8 input/output (the caller quantizes) and the softmax in the graph still score as the plain files."""
+    from fas.export.pipeline import export
+
+    overrides = [f"ckpt_path={ranked_checkpoint}", "format=tflite", *TINY_DATA, f"data.root={tiny_data}"]
+    result = export(compose_config("export", [*overrides, "tflite.int8_io=true", "tflite.softmax=true"], tmp_path))
+    fp32, int8 = load_backend(result.fp32), load_backend(result.int8)
+    assert int8.input["dtype"] == np.int8 and int8.output["dtype"] == np.int8
+    assert fp32.outputs_probabilities and tflite.read_metadata(result.fp32)[1]["fas.output"] == "probabilities"
+    batch = np.random.default_rng(0).random((4, 3, 64, 64), dtype=np.float32)
+    reference = load_backend(ranked_checkpoint).logits(batch)
+    # log softmax of the logits, up to the per-image constant the softmax removes
+    log_p = fp32.logits(batch)
+    np.testing.assert_allclose(log_p - log_p[:, :1], reference - reference[:, :1], atol=1e-4)
+    # the report scores the int8-input file on the test crops through the same backend (it quantizes the input)
+    assert result.report["fp32"]["max_abs_logit_diff_vs_pytorch"] <= 1e-4
+    assert result.report["int8"]["decision_agreement"] >= 0.9
