@@ -12,13 +12,16 @@ models are timed in interleaved rounds (so a busy neighbour slows all of them al
 is the median over every run. ORT's profiler gives the time per operator type.
 
     python experiments/export_latency/benchmark.py   # writes results.json and results.md beside it
+
+The CPU's model and vector ISA are printed and recorded with the figures (INT8 speed on x86 depends on
+AVX2 vs AVX-512 VNNI vs AMX). `results_vnni_vm.*` keep the first run, on a 2-core VM with AVX-512 VNNI
+whose model was not recorded; `results.*` the latest.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 import time
 from collections import defaultdict
@@ -34,6 +37,7 @@ from fas.export.onnx import export_onnx
 from fas.export.pipeline import calibration_images, labelled_images
 from fas.export.quantize import QuantizationRecipe, quantize
 from fas.export.rewrite import optimize_for_cpu
+from fas.hardware import cpu_info, describe_cpu
 from fas.models import build_backbone
 from fas.models.checkpoint import load_backbone_weights
 
@@ -124,7 +128,7 @@ def markdown(results: dict) -> str:
     lines = [
         "# Export latency: MiniFASNetV2SE-128, ONNX Runtime CPU, 1 thread, batch 1",
         "",
-        f"Machine: {results['machine']}; ONNX Runtime {results['onnxruntime']}; load average at the start "
+        f"CPU: {describe_cpu(results['cpu'])}; ONNX Runtime {results['onnxruntime']}; load average at the start "
         f"{results['load_average_at_start'][0]:.2f} (interleaved rounds: load slows all four alike).",
         "",
         "| file | median ms | p10 ms | size KiB |",
@@ -156,6 +160,7 @@ def markdown(results: dict) -> str:
 
 
 def main() -> None:
+    print("CPU:", describe_cpu(), flush=True)  # x86 INT8 speed depends on AVX2 vs AVX-512 VNNI vs AMX
     with tempfile.TemporaryDirectory() as tmp:
         our_fp32, our_int8, crops = build_ours(Path(tmp))
         paths = {
@@ -167,7 +172,7 @@ def main() -> None:
         load = os.getloadavg()
         latency = interleaved_latency(paths)
         results = {
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "cpu": cpu_info(),
             "onnxruntime": ort.__version__,
             "load_average_at_start": load,
             "latency": latency,

@@ -103,7 +103,9 @@ def export_tflite_model(
     int8 = None
     if recipe.int8:
         calibration = calibration_images(datamodule, recipe.calibration_samples).transpose(0, 2, 3, 1)
-        int8 = tflite.quantize_int8(fp32, directory / int8_name, calibration, recipe.int8_io)
+        size = backend.info.convention.input_size
+        float_scopes = tflite.high_resolution_scopes(backend.model, size, recipe.float_stride)
+        int8 = tflite.quantize_int8(fp32, directory / int8_name, calibration, recipe.int8_io, float_scopes)
     settings = {"quantization": {"method": "full-integer int8" if recipe.int8 else "none", **recipe.to_dict()}}
     return finish_export(model_path, backend, datamodule, fp32, int8, settings, start, "report_tflite")
 
