@@ -1,9 +1,12 @@
 """Train a face anti-spoofing model: `python train.py [overrides]` (see configs/train.yaml)."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from fas.cli import exit_on_user_error
+from fas.hydra_utils import refuse_renamed_overrides
 from fas.train import train
 
 
@@ -15,4 +18,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    refuse_renamed_overrides(sys.argv[1:])
     main()

@@ -1,4 +1,4 @@
-"""The registry of known pretrained files (`models/registry.yaml`) and a sha256-verified, cached download.
+"""A sha256-verified, cached download of the files `models/registry.yaml` lists (`fas.registry`).
 
     python -m fas.download --list
     python -m fas.download silentface-v2-2.7 silentface-v1se-4.0 yunet-2023mar
@@ -18,43 +18,18 @@ import shutil
 import sys
 import tempfile
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
-
-import yaml
+from typing import BinaryIO
 
 from fas.cli import exit_on_user_error
 from fas.errors import FasError
+from fas.registry import REGISTRY_PATH, RegistryEntry, read_registry
 
-REGISTRY_PATH = Path(__file__).resolve().parents[1] / "models" / "registry.yaml"
 CHUNK = 1 << 20
 
 
 class DownloadError(FasError, RuntimeError):
     """A registry name is unknown, a download failed, or a file does not have the recorded sha256."""
-
-
-@dataclass(frozen=True)
-class RegistryEntry:
-    name: str
-    file: str
-    url: str
-    sha256: str
-    licence: str
-    kind: str
-    architecture: str
-    card: str
-    size_bytes: int | None = None
-    input_convention: dict[str, Any] | None = None
-    class_scheme: dict[str, Any] | None = None
-
-
-def read_registry(path: str | Path = REGISTRY_PATH) -> dict[str, RegistryEntry]:
-    path = Path(path)
-    if not path.is_file():
-        raise DownloadError(f"{path}: model registry not found; run from a fas checkout or pass its path")
-    return {name: RegistryEntry(name=name, **values) for name, values in yaml.safe_load(path.read_text()).items()}
 
 
 def cache_dir() -> Path:

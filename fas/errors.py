@@ -7,3 +7,8 @@ class FasError(Exception):
 
 class ConfigError(FasError, ValueError):
     """A config value is missing or invalid."""
+
+
+class ModelFileError(FasError, ValueError):
+    """A model file cannot be used: not found, not a checkpoint or export fas reads, unsafe to load, or not
+    the model the config describes. Every reader of model files raises a subclass of it."""

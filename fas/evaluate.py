@@ -9,23 +9,21 @@ decision threshold is chosen on the validation split and applied unchanged to th
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
-from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from fas.convention import InputConvention, ModelInfo
-from fas.data.datamodule import FaceDataModule
-from fas.detect import detector_factory
+from fas.data.datamodule import FaceDataModule, datamodule_for
 from fas.errors import ConfigError, FasError
+from fas.hydra_utils import check_config, close_loggers, instantiate_group, named_convention, register_resolvers
 from fas.inference.backends import Backend, load_backend
+from fas.media import set_max_pixels
 from fas.metrics import Scores, choose_threshold, pad_metrics, pad_metrics_per_source, spoof_scores
 from fas.report import (
     LABELS,
@@ -37,7 +35,6 @@ from fas.report import (
     unique_names,
     write_report,
 )
-from fas.train import check_config, instantiate_group
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +43,6 @@ NO_VALIDATION = (
     "give the data a val/ part, or set threshold.rule=fixed threshold.value=<score>"
 )
 CONSOLE_KEYS = ("auroc", "eer", "apcer", "bpcer", "acer", "hter", "bpcer_at_apcer_5pct", "tpr_at_fpr_1e-3")
-CONVENTION_FIELDS = ("input_size", "crop_scale", "crop_mode", "color_order", "pixel_scale", "mean", "std")
 
 
 class ModelInputError(FasError, RuntimeError):
@@ -66,10 +62,12 @@ def model_paths(ckpt_path: Any) -> list[str]:
 def evaluate(cfg: DictConfig) -> ReportFiles:
     """Score every model of `cfg.ckpt_path` and write one report comparing them."""
     paths = model_paths(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
+    register_resolvers()
     check_config(cfg)
+    set_max_pixels(cfg.get("max_image_pixels"))
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split!r} cannot be evaluated; use split=test or split=val")
-    convention = cfg.get("convention")
+    convention = named_convention(cfg)
     backends = [load_backend(path, cfg.device, cfg.get("threads"), convention) for path in paths]
     for backend, path in zip(backends, paths, strict=True):
         check_model_io(backend, path)
@@ -88,6 +86,8 @@ def evaluate(cfg: DictConfig) -> ReportFiles:
     loggers = instantiate_group(cfg.get("logger"))
     log_scalars(loggers, evaluations, split=cfg.split)
     log_to_wandb(loggers, evaluations, files, prefix=cfg.split)
+    for logger in loggers:
+        logger.finalize("success")
     close_loggers(loggers)
     for e in evaluations:
         shown = " | ".join(f"{LABELS[k]} {format_metric(k, e.result.metrics[k])}" for k in CONSOLE_KEYS)
@@ -96,17 +96,10 @@ def evaluate(cfg: DictConfig) -> ReportFiles:
     return files
 
 
-def close_loggers(loggers: list[Logger]) -> None:
-    """Flush the loggers; wandb runs are finished so a later evaluation in this process starts its own run."""
-    for logger in loggers:
-        logger.finalize("success")
-        if isinstance(logger, WandbLogger):
-            logger.experiment.finish()
-
-
 def evaluate_model(backend: Backend, name: str, path: str, cfg: DictConfig) -> ModelEvaluation:
     """Score one model on the validation split (for the threshold) and on `cfg.split`."""
-    datamodule = datamodule_for(cfg, backend.info, path)
+    chosen_scheme = hydra.utils.instantiate(cfg.class_scheme) if cfg.get("class_scheme") else None
+    datamodule = datamodule_for(cfg.data, backend.info, cfg.get("detector"), chosen_scheme)
     datamodule.prepare_data()
     datamodule.setup("test")
     rule = cfg.threshold.rule
@@ -147,42 +140,6 @@ def check_model_io(backend: Backend, path: str) -> None:
 
 def split_loader(datamodule: FaceDataModule, split: str) -> DataLoader:
     return datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
-
-
-def datamodule_for(cfg: DictConfig, info: ModelInfo, path: str) -> FaceDataModule:
-    """The data config with the model's input convention and class scheme filled in.
-
-    Convention values left null take the model's; `input_size` set to another size is refused, any other
-    differing value is used as given, with a warning (e.g. to study another crop scale).
-    """
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    model_convention = info.convention.to_dict()
-    for key in CONVENTION_FIELDS:
-        wanted, recorded = data.get(key), model_convention[key]
-        if wanted is None:
-            data[key] = recorded
-        elif key == "input_size" and int(wanted) != recorded:
-            raise ConfigError(
-                f"{path} takes {recorded}x{recorded} input (its recorded convention) but data.input_size={wanted}; "
-                f"drop the data.input_size override to use the model's size"
-            )
-        elif not _same(wanted, recorded):
-            log.warning("%s records %s=%s; evaluating with data.%s=%s as requested", path, key, recorded, key, wanted)
-    InputConvention(**{key: data[key] for key in CONVENTION_FIELDS})  # fail early on invalid values
-    chosen_scheme = cfg.get("class_scheme")
-    if chosen_scheme is not None:
-        data["class_scheme"] = OmegaConf.to_container(chosen_scheme, resolve=True)
-    else:
-        data["class_scheme"] = {"_target_": "fas.convention.ClassScheme", **info.class_scheme.to_dict()}
-    return hydra.utils.instantiate(OmegaConf.create(data), detector=detector_factory(cfg.get("detector")))
-
-
-def _same(wanted: Any, recorded: Any) -> bool:
-    if isinstance(recorded, tuple | list):
-        return len(wanted) == len(recorded) and all(_same(w, r) for w, r in zip(wanted, recorded, strict=True))
-    if isinstance(recorded, float):
-        return math.isclose(float(wanted), recorded, rel_tol=1e-9)
-    return wanted == recorded
 
 
 def score_loader(backend: Backend, loader: DataLoader, description: str) -> Scores:

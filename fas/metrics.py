@@ -32,8 +32,7 @@ from torchmetrics.functional.classification import (
 )
 from torchmetrics.utilities import dim_zero_cat
 
-from fas.data.celeba_spoof import ENVIRONMENTS, ILLUMINATIONS
-from fas.data.sample import SPOOF_TYPES
+from fas.data.sample import ENVIRONMENTS, ILLUMINATIONS, SPOOF_TYPES
 from fas.errors import ConfigError, FasError
 
 LIVE_TYPE = 0

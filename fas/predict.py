@@ -7,13 +7,16 @@
 
 Writes to the run directory (or output_dir=...): `predictions.jsonl`, one line per face (file, frame,
 box, per-model scores, fused spoof score, label) or per image without a face or that cannot be read,
-and annotated copies (green real, red spoof, with the spoof score) under `annotated/`.
+and annotated copies (green real, red spoof, with the spoof score) under `annotated/`. A folder's
+videos are scored frame by frame like a single video file. Files are read by `fas.media`, the same
+strict reader training and evaluation use.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,10 +31,26 @@ from tqdm import tqdm
 
 from fas.cli import exit_on_user_error
 from fas.errors import ConfigError, FasError
-from fas.inference.media import VIDEO_SUFFIXES, Frame, MediaError, image_files, open_video, read_image, video_frames
+from fas.hydra_utils import refuse_renamed_overrides
 from fas.inference.predictor import FacePrediction, LivenessPredictor
+from fas.media import (
+    Frame,
+    MediaError,
+    is_video_file,
+    media_files,
+    open_camera,
+    open_video,
+    read_image,
+    set_max_pixels,
+    video_frames,
+)
 
 log = logging.getLogger(__name__)
+
+
+class PredictError(FasError, RuntimeError):
+    """Nothing could be predicted."""
+
 
 REAL_COLOR, SPOOF_COLOR = (0, 200, 0), (0, 0, 255)  # BGR
 VIDEO_CODEC = "mp4v"
@@ -56,6 +75,7 @@ def predict(cfg: DictConfig) -> Path:
     """Run the prediction the config describes; returns the path of `predictions.jsonl`."""
     if cfg.input is None or str(cfg.input) == "":
         raise ConfigError("input is not set: pass input=<image, folder, video file or camera index>")
+    set_max_pixels(cfg.get("max_image_pixels"))
     predictor = build_predictor(cfg)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +87,9 @@ def predict(cfg: DictConfig) -> Path:
     log.info("%s -> %s", summary or "nothing to predict", jsonl)
     failed = writer.counts["unreadable"]
     if failed and failed == sum(writer.counts.values()):
-        raise MediaError(f"nothing was predicted: all {failed} input(s) failed, each listed with its error in {jsonl}")
+        raise PredictError(
+            f"nothing was predicted: all {failed} input(s) failed, each listed with its error in {jsonl}"
+        )
     return jsonl
 
 
@@ -85,23 +107,48 @@ def run_input(
     if not path.exists() and str(value).isdigit():
         run_video(int(value), predictor, writer, output_dir / f"camera_{value}.mp4" if annotate else None, max_frames)
     elif path.is_dir():
-        files = image_files(path)
-        if not files:
-            raise MediaError(f"{path}: no image files in this folder")
-        frames = (read_or_report(file, writer) for file in tqdm(files, desc="images", unit="img"))
-        run_images(frames, predictor, writer, annotated_dir, path)
+        run_folder(path, predictor, writer, output_dir, annotate, max_frames)
     elif not path.is_file():
-        raise MediaError(f"{path}: input not found; give an image, a folder, a video file or a camera index")
-    elif path.suffix.lower() in VIDEO_SUFFIXES:
+        raise MediaError(path, "input not found; give an image, a folder, a video file or a camera index")
+    elif is_video_file(path):
         annotated = output_dir / f"{path.stem}_annotated.mp4" if annotate else None
         run_video(path, predictor, writer, annotated, max_frames)
     else:
         run_images([read_or_report(path, writer)], predictor, writer, annotated_dir, path.parent)
 
 
+def run_folder(
+    folder: Path,
+    predictor: LivenessPredictor,
+    writer: PredictionWriter,
+    output_dir: Path,
+    annotate: bool,
+    max_frames: int | None,
+) -> None:
+    """Every image of a folder (recursively, with a progress bar), then every video in it, frame by frame."""
+    files = media_files(folder)
+    images = [file for file in files if not is_video_file(file)]
+    videos = [file for file in files if is_video_file(file)]
+    if not files:
+        raise MediaError(folder, "no image or video files in this folder")
+    annotated_dir = output_dir / "annotated" if annotate else None
+    frames = (read_or_report(file, writer) for file in tqdm(images, desc="images", unit="img"))
+    run_images(frames, predictor, writer, annotated_dir, folder)
+    for video in videos:
+        relative = video.relative_to(folder)
+        annotated = annotated_dir / relative.with_name(f"{video.stem}_annotated.mp4") if annotated_dir else None
+        if annotated is not None:
+            annotated.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            run_video(video, predictor, writer, annotated, max_frames)
+        except MediaError as error:
+            writer.error(str(video), error)
+
+
 def read_or_report(path: Path, writer: PredictionWriter) -> Frame | None:
+    notes: list[str] = []
     try:
-        return read_image(path)
+        return Frame(str(path), None, read_image(path, notes), notes)
     except MediaError as error:
         writer.error(str(path), error)
         return None
@@ -132,7 +179,7 @@ def run_video(
     annotated: Path | None,
     max_frames: int | None,
 ) -> None:
-    capture = open_video(source if isinstance(source, int) else str(source))
+    capture = open_camera(source) if isinstance(source, int) else open_video(source)
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     total = min(total, max_frames) if total and max_frames else total or max_frames
@@ -220,4 +267,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_renamed_overrides(sys.argv[1:])
     main()

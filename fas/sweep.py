@@ -1,5 +1,5 @@
 """Sweeps: the Hydra callback that tabulates a multirun (one row per job, its overrides and its test
-metrics) and the `sweep_group` resolver that puts the jobs of one sweep into one wandb group."""
+metrics). The `sweep_group` resolver that puts a sweep's jobs into one wandb group is in `fas.hydra_utils`."""
 
 from __future__ import annotations
 
@@ -11,19 +11,9 @@ from typing import Any
 
 import yaml
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
-
-
-def sweep_group(mode: Any, sweep_dir: str, task_name: str) -> str:
-    """The wandb group of a run: `<task>_<sweep directory name>` for the jobs of a multirun or Optuna
-    sweep (so a dashboard shows one sweep at a time), the task name for a single run."""
-    return f"{task_name}_{Path(sweep_dir).name}" if str(mode).endswith("MULTIRUN") else task_name
-
-
-# configs/logger/wandb.yaml: group: ${sweep_group:${hydra:mode},${hydra:sweep.dir},${task_name}}
-OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:

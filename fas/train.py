@@ -9,58 +9,25 @@ from typing import Any
 import hydra
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from fas.convention import ModelInfo
-from fas.data.datamodule import FaceDataModule
+from fas.data.datamodule import FaceDataModule, instantiate_datamodule
 from fas.detect import detector_factory
 from fas.download import resolve_model_file
-from fas.errors import ConfigError
-from fas.export.callback import OnnxExport
+from fas.export.callback import ModelExport
+from fas.hydra_utils import check_config, close_loggers, instantiate_group, register_resolvers
 from fas.loggers import ContinuingCSVLogger
+from fas.media import set_max_pixels
 from fas.models.checkpoint import check_resume_checkpoint
 from fas.models.pretrained import load_pretrained
 from fas.module import LivenessModule
 from fas.report import ModelEvaluation, log_to_wandb, write_report
-from fas.sweep import sweep_group  # noqa: F401  registers the resolver that configs/logger/wandb.yaml uses
 
 log = logging.getLogger(__name__)
 
 LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
-MIN_INPUT_SIZE = 16
-
-
-def instantiate_group(group: DictConfig | None) -> list[Any]:
-    """Instantiate every `_target_` entry of a config group such as `callbacks` or `logger`."""
-    if not group:
-        return []
-    return [
-        hydra.utils.instantiate(entry)
-        for entry in group.values()
-        if isinstance(entry, DictConfig) and "_target_" in entry
-    ]
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Fail early, in one line, on values the user must set (before any library sees them)."""
-    if OmegaConf.is_missing(cfg.data, "root"):
-        raise ConfigError(
-            "data.root is not set: pass data.root=/path/to/CelebA_Spoof (the folder holding Data/ and metas/), "
-            "your own folder with data=folder, or use data=synthetic"
-        )
-    if OmegaConf.is_missing(cfg.data, "manifest"):
-        raise ConfigError("data.manifest is not set: pass data.manifest=/path/to/list.csv (or .jsonl)")
-    for name, source in (cfg.data.get("sources") or {}).items():
-        for key in ("root", "manifest"):
-            if key in source and OmegaConf.is_missing(source, key):
-                raise ConfigError(f"data.sources.{name}.{key} is not set: pass data.sources.{name}.{key}=<path>")
-    size = cfg.data.get("input_size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < MIN_INPUT_SIZE):
-        raise ConfigError(
-            f"data.input_size={size!r}: give the model's input side in pixels, an integer of at least "
-            f"{MIN_INPUT_SIZE} (e.g. data.input_size=80 or data.input_size=128)"
-        )
 
 
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
@@ -68,9 +35,11 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
 
     Returns the value of `cfg.optimized_metric` (for sweepers) and all test metrics.
     """
+    register_resolvers()
     check_config(cfg)
+    set_max_pixels(cfg.get("max_image_pixels"))
     L.seed_everything(cfg.seed, workers=True)
-    datamodule: FaceDataModule = hydra.utils.instantiate(cfg.data, detector=detector_factory(cfg.get("detector")))
+    datamodule = instantiate_datamodule(cfg.data, detector=detector_factory(cfg.get("detector")))
     model: LivenessModule = hydra.utils.instantiate(
         cfg.model,
         convention=datamodule.convention.to_dict(),
@@ -95,7 +64,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     try:
         return fit_test_and_report(cfg, trainer, model, datamodule, ckpt_path)
     finally:
-        finish_wandb_runs(loggers)
+        close_loggers(loggers)
 
 
 def prepare_resume(ckpt_path: str, model: LivenessModule, loggers: list[Logger], backbone: str) -> None:
@@ -149,17 +118,9 @@ def fit_test_and_report(
     log.info("Best checkpoint: %s", best or "none (no ModelCheckpoint callback)")
     log.info("Report: %s (and report.md, report.html beside it)", report.metrics)
     for callback in trainer.callbacks:
-        if isinstance(callback, OnnxExport) and callback.result is not None:
+        if isinstance(callback, ModelExport) and callback.result is not None:
             log.info("Export: %s", callback.result.summary())
     return value, metrics
-
-
-def finish_wandb_runs(loggers: list[Logger]) -> None:
-    """End each wandb run with its job: the jobs of a multirun share one process, and a run left open
-    would swallow the next job's logs."""
-    for logger in loggers:
-        if isinstance(logger, WandbLogger):
-            logger.experiment.finish()
 
 
 def best_validation_score(trainer: L.Trainer) -> dict[str, float]:

@@ -19,7 +19,9 @@ import pytest
 import torch
 from filelock import FileLock
 
+from fas.convention import InputConvention
 from fas.data.synthetic import SyntheticConfig, generate
+from fas.hydra_utils import register_resolvers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FAS_SHARED_DIR", REPO_ROOT.parent / "shared"))
@@ -33,6 +35,7 @@ THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIS
 os.environ["OMP_NUM_THREADS"] = str(THREADS)
 torch.set_num_threads(THREADS)
 cv2.setNumThreads(THREADS)
+register_resolvers()  # as the apps do: configs/augmentation/ and configs/logger/wandb.yaml use them
 # The suite's own fas cache (downloads, image checks): never the user's ~/.cache/fas. Subprocesses inherit it.
 os.environ.setdefault("FAS_CACHE_DIR", tempfile.mkdtemp(prefix="fas-test-cache-"))
 
@@ -104,7 +107,7 @@ def short_fit(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path
     from fas.train import train
 
     def build(run_dir: Path) -> None:
-        overrides = [f"data.root={tiny_data}", "data.input_size=64", "optimizer=adamw", "trainer.max_epochs=6"]
+        overrides = [f"data.root={tiny_data}", "convention.input_size=64", "optimizer=adamw", "trainer.max_epochs=6"]
         cfg = compose_train([*TINY_RUN, *overrides, "trainer.log_every_n_steps=1", "seed=0"], run_dir)
         metric, metrics = train(cfg)
         assert metric == pytest.approx(float(metrics["test/auroc"]))
@@ -126,7 +129,6 @@ def ranked_checkpoint(short_fit: Path, tiny_data: Path, tmp_path_factory: pytest
 
 
 def recalibrate(short_fit: Path, tiny_data: Path, folder: Path) -> None:
-    from fas.data.datamodule import FaceDataModule
     from fas.module import LivenessModule
 
     best = Path(json.loads((short_fit / "report" / "metrics.json").read_text())["models"][0]["path"])
@@ -137,7 +139,8 @@ def recalibrate(short_fit: Path, tiny_data: Path, folder: Path) -> None:
             layer.reset_running_stats()
             layer.momentum = None  # a plain average over the batches seen
     convention = module.convention
-    datamodule = FaceDataModule(str(tiny_data), module.class_scheme, input_size=convention.input_size, batch_size=36)
+    datamodule = celeba_datamodule(tiny_data, module.class_scheme, convention=InputConvention(convention.input_size))
+    datamodule.batch_size = 36
     datamodule.setup()
     module.train()
     with torch.no_grad():
@@ -145,6 +148,14 @@ def recalibrate(short_fit: Path, tiny_data: Path, folder: Path) -> None:
             module(batch["image"])
     checkpoint["state_dict"] = module.state_dict()
     torch.save(checkpoint, folder / "recalibrated.ckpt")
+
+
+def celeba_datamodule(root: Path, class_scheme, **settings):
+    """A `FaceDataModule` over one CelebA-Spoof-layout folder (what `data=celeba_spoof data.root=<root>` builds)."""
+    from fas.data.datamodule import FaceDataModule
+    from fas.data.sources.celeba_spoof import CelebASpoofSource
+
+    return FaceDataModule({"celeba_spoof": CelebASpoofSource(str(root))}, class_scheme, **settings)
 
 
 def wandb_records(run_dir: Path, timeout: float = 60.0) -> list:
@@ -295,17 +306,16 @@ def broken_data(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> tu
     return folder / "CelebA_Spoof", json.loads((folder / "broken.json").read_text())
 
 
-PREPARED_CROP_SETTINGS = {"size": 64, "scale": 2.7, "mode": "shift", "interpolation": None}
+PREPARED_CROP_SETTINGS = {"input_size": 64, "crop_scale": 2.7, "crop_mode": "shift", "interpolation": None}
 
 
 @pytest.fixture(scope="session")
 def prepared_cache(tmp_path_factory: pytest.TempPathFactory, broken_data: tuple[Path, dict[str, str]]) -> Path:
     """`python -m fas.data.prepare` run on `broken_data` (64 px shift crops, chunks of 8 samples)."""
-    from fas.data.cache import CropSpec
     from fas.data.prepare import prepare
 
     def build(folder: Path) -> None:
-        crop = CropSpec(**PREPARED_CROP_SETTINGS)
+        crop = InputConvention(**PREPARED_CROP_SETTINGS)
         prepare(broken_data[0], folder / "cache", crop, workers=2, chunk_size=8, progress=False)
 
     return shared_path(tmp_path_factory, "prepared", build) / "cache"

@@ -12,16 +12,17 @@ import pytest
 import torch
 
 from fas.convention import ClassScheme, InputConvention
-from fas.data.cache import CropSpec, manifest_path, open_cache, read_cached_split
-from fas.data.celeba_spoof import CelebASpoofSource
-from fas.data.datamodule import FaceCropDataset, PackedCropDataset, split_by_subject
+from fas.data.cache import manifest_path, open_cache, read_cached_split
+from fas.data.datamodule import split_by_subject
+from fas.data.datasets import FaceCropDataset, PackedCropDataset
 from fas.data.sample import DatasetError, with_targets
+from fas.data.sources.celeba_spoof import CelebASpoofSource
 from fas.errors import ConfigError
 
 from conftest import PREPARED_CROP_SETTINGS
 
-CROP = CropSpec(**PREPARED_CROP_SETTINGS)
-INTRA_TEST = CelebASpoofSource(None).settings()
+CROP = InputConvention(**PREPARED_CROP_SETTINGS)
+INTRA_TEST = CelebASpoofSource("unused").settings()
 BINARY = ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1})
 ALL = ClassScheme("binary_all", ("live", "spoof"), 0, {t: int(t != 0) for t in range(11)})
 
@@ -31,13 +32,14 @@ def test_a_mismatched_crop_or_protocol_is_refused_with_the_fitting_overrides(pre
     with pytest.raises(
         DatasetError,
         match=r"holds 64x64 crops at scale 2.7 \(shift, the rule's own interpolation\), the config asks for "
-        r"128x128 crops at scale 1.5 \(reflect, the rule's own interpolation\)\. Train with data.input_size=64 "
-        r"data.crop_scale=2.7 data.crop_mode=shift data.crop_interpolation=null, or prepare a matching cache: "
-        r"python -m fas.data.prepare root=.* output=<new folder> crop.size=128 crop.scale=1.5 crop.mode=reflect",
+        r"128x128 crops at scale 1.5 \(reflect, the rule's own interpolation\)\. Train with convention.input_size=64 "
+        r"convention.crop_scale=2.7 convention.crop_mode=shift convention.interpolation=null, or prepare a matching "
+        r"cache: python -m fas.data.prepare root=.* output=<new folder> convention.input_size=128 "
+        r"convention.crop_scale=1.5 convention.crop_mode=reflect convention.interpolation=null",
     ):
-        open_cache(prepared_cache, CropSpec(128, 1.5, "reflect"), INTRA_TEST)
+        open_cache(prepared_cache, InputConvention(input_size=128, crop_scale=1.5, crop_mode="reflect"), INTRA_TEST)
     with pytest.raises(DatasetError, match=r"the config asks for 64x64 crops at scale 2.7 \(shift, area\)"):
-        open_cache(prepared_cache, CropSpec(64, 2.7, "shift", "area"), INTRA_TEST)
+        open_cache(prepared_cache, InputConvention(input_size=64, interpolation="area"), INTRA_TEST)
     with pytest.raises(DatasetError, match=r"made for protocol 'intra_test', the config asks for 'protocol1'"):
         open_cache(prepared_cache, CROP, {**INTRA_TEST, "protocol": "protocol1"})
 
@@ -53,11 +55,11 @@ def test_an_incomplete_or_missing_cache_is_refused(prepared_cache: Path, tmp_pat
         open_cache(partial, CROP, INTRA_TEST)
 
 
-def test_crop_spec_validates() -> None:
-    with pytest.raises(ConfigError, match="crop mode must be one of shift, reflect, pad, none, got 'padded'"):
-        CropSpec(80, 2.7, "padded")
-    with pytest.raises(ConfigError, match="unknown interpolation 'bicubic'; choose one of nearest, linear"):
-        CropSpec(80, 2.7, "shift", "bicubic")
+def test_the_convention_validates_its_crop() -> None:
+    with pytest.raises(ConfigError, match="crop_mode must be one of shift, reflect, pad, none, got 'padded'"):
+        InputConvention(crop_mode="padded")
+    with pytest.raises(ConfigError, match="interpolation must be one of nearest, linear, cubic, area, lanczos or null"):
+        InputConvention(interpolation="bicubic")
 
 
 def test_the_class_scheme_is_applied_when_reading(prepared_cache: Path, broken_data) -> None:

@@ -11,9 +11,16 @@ import pytest
 from omegaconf import OmegaConf
 
 from fas.convention import ClassScheme
-from fas.data.celeba_spoof import DEFAULT_PROTOCOL, available_protocols, iter_labels, read_bb, read_split, subject_of
-from fas.data.media import read_image
-from fas.data.sample import SPOOF_TYPES, UNKNOWN_ATTACK, DatasetError, SampleError, with_targets
+from fas.data.sample import SPOOF_TYPES, UNKNOWN_ATTACK, DatasetError, with_targets
+from fas.data.sources.celeba_spoof import (
+    DEFAULT_PROTOCOL,
+    available_protocols,
+    iter_labels,
+    read_bb,
+    read_split,
+    subject_of,
+)
+from fas.media import MediaError, read_image
 
 from conftest import CONFIG_DIR
 
@@ -148,7 +155,7 @@ def test_unusable_images_name_the_file_and_the_reason(tmp_path: Path, content, r
         path.write_bytes(encoded[: int(len(encoded) * 0.6)])
     elif content is not None:
         path.write_bytes(content)
-    with pytest.raises(SampleError, match=r"broken.jpg: ") as caught:
+    with pytest.raises(MediaError, match=r"broken.jpg: ") as caught:
         read_image(path)
     assert caught.value.reason == reason and caught.value.path == path
     assert str(caught.value).endswith("re-extract or re-copy it, or remove it from the dataset")

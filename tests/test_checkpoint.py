@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from fas.download import DownloadError, read_registry, resolve_model_file
-from fas.export.onnx import OnnxFileError
+from fas.download import DownloadError, resolve_model_file
 from fas.inference.backends import load_backend
+from fas.inference.onnx_file import OnnxFileError
 from fas.inference.predictor import LivenessPredictor
 from fas.models.checkpoint import CheckpointMismatchError, read_checkpoint
+from fas.registry import read_registry
 
 from conftest import REPO_ROOT, TINY_DATA, TINY_RUN, compose_config, compose_train
 

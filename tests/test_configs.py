@@ -11,14 +11,16 @@ import torch
 from omegaconf import OmegaConf
 
 from fas.convention import ClassScheme
-from fas.data.datamodule import FaceDataModule
+from fas.data.datamodule import FaceDataModule, instantiate_datamodule
 from fas.module import LivenessModule
+from fas.registry import published_convention
 
 from conftest import CONFIG_DIR, compose_train
 
 GROUPS = [
     "model",
     "data",
+    "convention",
     "class_scheme",
     "optimizer",
     "augmentation",
@@ -68,14 +70,17 @@ def test_option_composes_and_instantiates(
         f"{group}={option}",
         *data_overrides(option if group == "data" else "synthetic", tiny_data, tiny_folder),
     ]
+    if (group, option) == ("convention", "pretrained"):
+        overrides.append("pretrained=silentface-v2-2.7")  # a registry name: its convention needs no file
     if group == "logger":
         overrides.append("++logger.wandb.offline=true" if option in ("wandb", "many_loggers") else "seed=0")
     cfg = compose_train(overrides, tmp_path)
     OmegaConf.resolve(cfg)
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = instantiate_datamodule(cfg.data)
     assert isinstance(datamodule, FaceDataModule) and isinstance(datamodule.class_scheme, ClassScheme)
+    size = datamodule.convention.input_size
     if datamodule.train_transform is not None:
-        crop = np.zeros((cfg.data.input_size, cfg.data.input_size, 3), np.uint8)
+        crop = np.zeros((size, size, 3), np.uint8)
         assert datamodule.train_transform(image=crop)["image"].shape == crop.shape
     model = hydra.utils.instantiate(
         cfg.model, convention=datamodule.convention.to_dict(), class_scheme=datamodule.class_scheme.to_dict()
@@ -91,11 +96,20 @@ def test_option_composes_and_instantiates(
 
 
 def test_the_three_one_key_settings(tmp_path: Path) -> None:
-    cfg = compose_train(["data.input_size=128", "model.ft_weight=0", "class_scheme=silentface3"], tmp_path)
+    cfg = compose_train(["convention.input_size=128", "model.ft_weight=0", "class_scheme=silentface3"], tmp_path)
     OmegaConf.resolve(cfg)
     assert cfg.augmentation.train.transforms[0].size == [128, 128]
     assert cfg.model.ft_weight == 0
     assert cfg.class_scheme.real_class_index == 1
+
+
+def test_a_finetune_takes_the_convention_its_weights_record(tmp_path: Path) -> None:
+    cfg = compose_train(["experiment=finetune_suri", "data.root=unused"], tmp_path)
+    OmegaConf.resolve(cfg)
+    assert hydra.utils.instantiate(cfg.convention) == published_convention("suri_liveness")
+    assert cfg.augmentation.train.transforms[0].size == [128, 128]  # the size the pretrained weights record
+    cfg = compose_train(["experiment=finetune_silentface", "data.root=unused"], tmp_path)
+    assert hydra.utils.instantiate(cfg.convention) == published_convention("silentface_2.7")
 
 
 def test_slurm_launcher_composes_with_one_task_per_device() -> None:

@@ -10,7 +10,6 @@ import pytest
 
 from fas.convention import InputConvention
 from fas.data.crop import (
-    bb224_to_pixels,
     crop_face,
     is_valid_box,
     letterbox,
@@ -20,11 +19,14 @@ from fas.data.crop import (
     square_about_box,
     whole_image,
 )
+from fas.data.loading import pixel_box
+from fas.data.sample import Sample
 from fas.errors import ConfigError
 
 
-def test_bb224_scales_each_axis_by_its_own_factor() -> None:
-    assert bb224_to_pixels((56, 28, 112, 56), width=448, height=672) == (112, 84, 224, 168)
+def test_a_box_in_the_224_frame_scales_each_axis_by_its_own_factor() -> None:
+    sample = Sample(Path("a.jpg"), None, (56, 28, 112, 56), 0, "s", "train", "x", "a.jpg", box_frame=(224, 224))
+    assert pixel_box(sample, width=448, height=672) == (112, 84, 224, 168)
 
 
 def test_shift_crop_box_scales_about_the_centre() -> None:
@@ -134,7 +136,7 @@ def test_silentface_crops_match_the_recorded_hashes(reference_dir: Path) -> None
             assert hashlib.sha256(crop.tobytes()).hexdigest() == model["crop_sha256"], (name, model["scale"])
 
 
-def test_interpolation_overrides_the_rule_and_unknown_names_are_refused() -> None:
+def test_the_conventions_interpolation_overrides_the_rule_and_unknown_names_are_refused() -> None:
     image = np.random.default_rng(1).integers(0, 256, (100, 200, 3), dtype=np.uint8)
     region = image[40:61, 30:71]  # shift_crop_box(200, 100, (40, 45, 20, 10), 2.0) == (30, 40, 70, 60)
     for name, flag in (("nearest", cv2.INTER_NEAREST), ("area", cv2.INTER_AREA)):
@@ -143,8 +145,12 @@ def test_interpolation_overrides_the_rule_and_unknown_names_are_refused() -> Non
     np.testing.assert_array_equal(
         shift_crop(image, (40, 45, 20, 10), 2.0, 16), cv2.resize(region, (16, 16), interpolation=cv2.INTER_LINEAR)
     )
-    with pytest.raises(ConfigError, match="unknown interpolation 'bicubic'"):
-        crop_face(image, (40, 45, 20, 10), InputConvention(input_size=16), interpolation="bicubic")
+    area = InputConvention(input_size=16, crop_scale=2.0, interpolation="area")
+    np.testing.assert_array_equal(
+        crop_face(image, (40, 45, 20, 10), area), cv2.resize(region, (16, 16), interpolation=cv2.INTER_AREA)
+    )
+    with pytest.raises(ConfigError, match="interpolation must be one of nearest, linear, cubic, area, lanczos"):
+        InputConvention(input_size=16, interpolation="bicubic")
 
 
 def hairymax_pixels(image: np.ndarray, box: tuple[int, int, int, int], size: int = 128) -> np.ndarray:

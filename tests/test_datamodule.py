@@ -9,22 +9,25 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from fas.convention import ClassScheme
-from fas.data.celeba_spoof import DatasetError
-from fas.data.datamodule import FaceCropDataset, FaceDataModule, split_by_subject
+from fas.convention import ClassScheme, InputConvention
+from fas.data.datamodule import FaceDataModule, split_by_subject
+from fas.data.datasets import FaceCropDataset
+from fas.data.sample import DatasetError
+
+from conftest import celeba_datamodule
 
 BINARY = ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1})
 
 
 def make(root: Path, **kwargs) -> FaceDataModule:
-    dm = FaceDataModule(root=str(root), class_scheme=BINARY, batch_size=8, eval_batch_size=8, **kwargs)
+    dm = celeba_datamodule(root, BINARY, batch_size=8, eval_batch_size=8, **kwargs)
     dm.prepare_data()
     dm.setup()
     return dm
 
 
 def test_splits_batches_and_normalisation(tiny_data: Path) -> None:
-    dm = make(tiny_data, val_fraction=0.25, input_size=64)
+    dm = make(tiny_data, val_fraction=0.25, convention=InputConvention(input_size=64))
     train_subjects = {s.subject for s in dm.samples["train"]}
     val_subjects = {s.subject for s in dm.samples["val"]}
     assert len(val_subjects) == 1 and not train_subjects & val_subjects
@@ -37,8 +40,10 @@ def test_splits_batches_and_normalisation(tiny_data: Path) -> None:
 
 
 def test_bgr_0_255_convention(tiny_data: Path) -> None:
-    rgb = make(tiny_data, input_size=32).splits["test"][0]["image"]
-    bgr = make(tiny_data, input_size=32, color_order="bgr", pixel_scale=1.0).splits["test"][0]["image"]
+    rgb = make(tiny_data, convention=InputConvention(input_size=32)).splits["test"][0]["image"]
+    bgr = make(tiny_data, convention=InputConvention(input_size=32, color_order="bgr", pixel_scale=1.0)).splits["test"][
+        0
+    ]["image"]
     torch.testing.assert_close(bgr, rgb.flip(0) * 255, atol=1e-4, rtol=0)
 
 
@@ -77,14 +82,14 @@ def test_bad_samples_stop_or_are_skipped_with_a_list(tmp_path: Path, tiny_data: 
 
 def test_missing_root_and_empty_dataset(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"nowhere: the root does not exist; point it at your CelebA-Spoof copy"):
-        FaceDataModule(root=str(tmp_path / "nowhere"), class_scheme=BINARY).prepare_data()
+        celeba_datamodule(tmp_path / "nowhere", BINARY).prepare_data()
     masks_only = ClassScheme("masks", ("live", "mask"), 0, {0: 0})
     metas = tmp_path / "metas/intra_test"
     metas.mkdir(parents=True)
     (metas / "train_label.json").write_text("{}")
     (metas / "test_label.json").write_text("{}")
     with pytest.raises(DatasetError, match="the train split has no usable samples for class scheme 'masks'"):
-        FaceDataModule(root=str(tmp_path), class_scheme=masks_only).setup()
+        celeba_datamodule(tmp_path, masks_only).setup()
 
 
 SILENTFACE_TRANSFORMS = ["RandomResizedCrop", "ColorJitter", "Rotate", "HorizontalFlip"]
@@ -99,7 +104,7 @@ def augmentation(name: str, size: int, run_dir: Path, always: bool = False):
     """The `augmentation=<name>` preset as train.py builds it; `always` sets every transform's p to 1."""
     from conftest import compose_train
 
-    cfg = compose_train([f"augmentation={name}", f"data.input_size={size}"], run_dir)
+    cfg = compose_train([f"augmentation={name}", f"convention.input_size={size}"], run_dir)
     if cfg.augmentation.train is not None and always:
         with open_dict(cfg):
             for entry in cfg.augmentation.train.transforms:
@@ -141,7 +146,11 @@ def test_silentface_random_resized_crop_matches_torchvision_with_scale_up_to_1_1
 
 
 def test_only_training_items_are_augmented(tiny_data: Path, tmp_path: Path) -> None:
-    dm = make(tiny_data, input_size=80, train_transform=augmentation("silentface", 80, tmp_path, always=True))
+    dm = make(
+        tiny_data,
+        convention=InputConvention(input_size=80),
+        train_transform=augmentation("silentface", 80, tmp_path, always=True),
+    )
     train = dm.splits["train"]
     assert dm.splits["val"].transform is None and dm.splits["test"].transform is None
     plain = FaceCropDataset(dm.samples["train"], dm.convention)
@@ -190,16 +199,15 @@ def test_an_image_changed_after_its_check_is_checked_again(tiny_data: Path, tmp_
 
 def folder_datamodule(root: Path, tmp_path: Path, reference_dir: Path, stage: str = "fit", **kwargs) -> FaceDataModule:
     """A datamodule over a folder source, with YuNet for the faces without a box, prepared and set up."""
-    from fas.data.folder import FolderSource
+    from fas.data.sources.folder import FolderSource
     from fas.detect import detector_factory
 
     yunet = reference_dir / "yunet/face_detection_yunet_2023mar.onnx"
     sources = kwargs.pop("sources", None) or {"mine": FolderSource(str(root))}
     dm = FaceDataModule(
-        None,
+        sources,
         BINARY_WITH_UNKNOWN,
-        sources=sources,
-        input_size=48,
+        convention=InputConvention(input_size=48),
         batch_size=8,
         eval_batch_size=8,
         prepared_dir=str(tmp_path / "prepared"),
@@ -249,9 +257,9 @@ def test_an_unsplit_folder_is_split_by_subject_and_videos_stay_whole(
 
 
 def test_mixed_sources_weights_and_a_held_out_source(tiny_folder: Path, tiny_data: Path, tmp_path, reference_dir):
-    from fas.data.celeba_spoof import CelebASpoofSource
-    from fas.data.datamodule import EpochSeededSampler
-    from fas.data.folder import FolderSource
+    from fas.data.datasets import EpochSeededSampler
+    from fas.data.sources.celeba_spoof import CelebASpoofSource
+    from fas.data.sources.folder import FolderSource
 
     sources = {
         "celeba": CelebASpoofSource(str(tiny_data), weight=1.0),

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fas.convention import InputConvention
 from fas.download import (
     REGISTRY_PATH,
     DownloadError,
@@ -18,6 +17,7 @@ from fas.download import (
     sha256_of,
 )
 from fas.inference.backends import load_backend
+from fas.registry import model_convention
 
 SHARED_FILES = {
     "silentface-v2-2.7": "silentface/2.7_80x80_MiniFASNetV2.pth",
@@ -42,7 +42,7 @@ def local_registry(tmp_path: Path, payload: bytes, url: str | None = None) -> Pa
         "card": "cards/x.md",
     }
     path = tmp_path / "registry.yaml"
-    path.write_text(yaml.safe_dump({"tiny": entry}))
+    path.write_text(yaml.safe_dump({"models": {"tiny": entry}}))
     return path
 
 
@@ -56,9 +56,9 @@ def test_registry_matches_the_reference_files(reference_dir: Path) -> None:
         assert (REGISTRY_PATH.parent / entry.card).is_file(), entry.card
         if entry.kind == "liveness":
             info = load_backend(path).info
-            assert InputConvention.from_dict(entry.input_convention) == info.convention, name
-            assert entry.class_scheme["class_names"] == list(info.class_scheme.class_names)
-            assert entry.class_scheme["real_class_index"] == info.class_scheme.real_class_index
+            published = model_convention(name)
+            assert published.input_convention() == info.convention, name
+            assert published.class_scheme(info.class_scheme.num_classes, path) == info.class_scheme
             assert entry.architecture == info.backbone
 
 

@@ -4,27 +4,28 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+import hydra
 import lightning as L
 import onnx
 import pytest
 import torch
 
 from fas.convention import ClassScheme, InputConvention, ModelInfo
-from fas.data.datamodule import FaceDataModule
+from fas.data.datamodule import FaceDataModule, datamodule_for
 from fas.errors import ConfigError
-from fas.evaluate import ModelInputError, datamodule_for, evaluate
-from fas.export.onnx import export_onnx, read_metadata, write_metadata
+from fas.evaluate import ModelInputError, evaluate
+from fas.export.onnx import export_onnx
 from fas.inference.backends import TorchBackend
+from fas.inference.onnx_file import read_metadata, write_metadata
 from fas.metrics import METRIC_KEYS
 from fas.module import LivenessModule
 
-from conftest import REPO_ROOT, compose_config
+from conftest import REPO_ROOT, celeba_datamodule, compose_config
 
 TINY = ["data=celeba_spoof", "data.num_workers=0", "data.eval_batch_size=16"]
 
@@ -39,8 +40,8 @@ def trained(ranked_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 def data_module(root: Path, module: LivenessModule, batch_size: int = 8) -> FaceDataModule:
     convention = module.convention
-    datamodule = FaceDataModule(
-        str(root), module.class_scheme, input_size=convention.input_size, batch_size=batch_size, eval_batch_size=16
+    datamodule = celeba_datamodule(
+        root, module.class_scheme, convention=convention, batch_size=batch_size, eval_batch_size=16
     )
     datamodule.setup()
     return datamodule
@@ -120,13 +121,6 @@ def test_missing_ckpt_path(tmp_path: Path, tiny_data: Path) -> None:
         evaluate(compose_evaluate([*TINY, f"data.root={tiny_data}"], tmp_path))
 
 
-def test_input_size_other_than_the_models_is_refused(trained: dict[str, Path], tiny_data: Path, tmp_path: Path):
-    overrides = [f"ckpt_path={trained['onnx']}", *TINY, f"data.root={tiny_data}", "data.input_size=80"]
-    expected = r"model.onnx takes 64x64 input \(its recorded convention\) but data.input_size=80"
-    with pytest.raises(ConfigError, match=expected):
-        evaluate(compose_evaluate(overrides, tmp_path))
-
-
 def test_onnx_whose_graph_disagrees_with_its_metadata_is_refused(
     trained: dict[str, Path], tiny_data: Path, tmp_path: Path
 ) -> None:
@@ -190,21 +184,17 @@ def test_dataset_without_spoofs_reports_undefined_metrics(
 SILENTFACE3 = ClassScheme("silentface3", ("print", "live", "replay"), 1, {0: 1, 1: 0, 2: 0, 3: 0, 7: 2, 8: 2, 9: 2})
 
 
-def test_data_follows_the_models_recorded_convention(tiny_data: Path, tmp_path: Path, caplog) -> None:
+def test_data_follows_the_models_recorded_convention(tiny_data: Path, tmp_path: Path) -> None:
     convention = InputConvention(input_size=80, color_order="bgr", pixel_scale=1.0, crop_scale=4.0)
     info = ModelInfo(convention, SILENTFACE3, "minifasnet_v1se")
     base = ["ckpt_path=unused.onnx", *TINY, f"data.root={tiny_data}"]
     cfg = compose_evaluate(base, tmp_path)
-    datamodule = datamodule_for(cfg, info, "silentface.pth")
+    datamodule = datamodule_for(cfg.data, info)
     assert datamodule.convention == info.convention
     assert datamodule.class_scheme == SILENTFACE3
-    cfg = compose_evaluate([*base, "data.crop_scale=2.7"], tmp_path)
-    with caplog.at_level(logging.WARNING):
-        datamodule = datamodule_for(cfg, info, "silentface.pth")
-    assert datamodule.convention.crop_scale == 2.7 and datamodule.convention.color_order == "bgr"
-    assert "silentface.pth records crop_scale=4.0; evaluating with data.crop_scale=2.7" in caplog.text
     cfg = compose_evaluate([*base, "class_scheme=binary_all"], tmp_path)
-    assert datamodule_for(cfg, info, "silentface.pth").class_scheme.name == "binary_all"
+    chosen = hydra.utils.instantiate(cfg.class_scheme)
+    assert datamodule_for(cfg.data, info, class_scheme=chosen).class_scheme.name == "binary_all"
 
 
 def test_published_weights_are_evaluated_side_by_side(reference_dir: Path, tiny_data: Path, tmp_path: Path) -> None:

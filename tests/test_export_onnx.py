@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from fas.convention import ClassScheme, InputConvention, ModelInfo
-from fas.export.onnx import OnnxMetadataError, export_onnx, read_metadata
+from fas.export.onnx import export_onnx
 from fas.inference.backends import TorchBackend, load_backend
+from fas.inference.onnx_file import OnnxMetadataError, read_metadata
 from fas.models import build_backbone
 
 SCHEME = ClassScheme("silentface3", ("print", "live", "replay"), 1, {0: 1, 1: 0, 7: 2})

@@ -13,17 +13,17 @@ import numpy as np
 import onnx
 import pytest
 
-from fas.convention import ClassScheme
-from fas.data.celeba_spoof import read_split
-from fas.data.datamodule import FaceDataModule
+from fas.convention import ClassScheme, InputConvention
+from fas.data.datamodule import datamodule_for
 from fas.data.sample import with_targets
-from fas.export.onnx import read_metadata
-from fas.export.pipeline import ExportError, calibration_images, datamodule_for, export, export_model, labelled_images
+from fas.data.sources.celeba_spoof import read_split
+from fas.export.pipeline import ExportError, calibration_images, export, export_model, labelled_images
 from fas.export.quantize import QuantizationRecipe, quantize
 from fas.inference.backends import load_backend
+from fas.inference.onnx_file import read_metadata
 from fas.train import train
 
-from conftest import REPO_ROOT, TINY_DATA, compose_config, compose_train
+from conftest import REPO_ROOT, TINY_DATA, celeba_datamodule, compose_config, compose_train
 
 pytestmark = pytest.mark.slow  # a short fit, in-process and command-line exports: about a minute
 
@@ -33,7 +33,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> tuple[
     """A 3-epoch AdamW fit at 64x64 with the default callbacks (trained enough for its logits to differ
     from image to image); returns the run directory and train()'s log."""
     run_dir = tmp_path_factory.mktemp("export_fit")
-    overrides = [f"data.root={tiny_data}", "data.input_size=64", "optimizer=adamw", "trainer.max_epochs=3", "seed=0"]
+    overrides = [
+        f"data.root={tiny_data}",
+        "convention.input_size=64",
+        "optimizer=adamw",
+        "trainer.max_epochs=3",
+        "seed=0",
+    ]
     cfg = compose_train([*TINY_DATA, *overrides], run_dir)
     messages: list[str] = []
     handler = logging.Handler(logging.INFO)
@@ -144,7 +150,7 @@ def test_export_cli_missing_checkpoint_is_one_line(tmp_path: Path) -> None:
 def test_data_with_another_convention_is_refused(trained: tuple[Path, list[str]], tiny_data: Path) -> None:
     run_dir, _ = trained
     scheme = ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1})
-    datamodule = FaceDataModule(str(tiny_data), scheme, input_size=80)
+    datamodule = celeba_datamodule(tiny_data, scheme, convention=InputConvention(input_size=80))
     with pytest.raises(ExportError, match=r"the model expects .*input_size=64.*datamodule_for"):
         export_model(best_checkpoint(run_dir), run_dir / "other", QuantizationRecipe(), datamodule)
 

@@ -15,10 +15,11 @@ from test_export_rewrite import SCHEME, randomized
 
 from fas.convention import InputConvention, ModelInfo
 from fas.errors import ConfigError
-from fas.export.onnx import export_onnx, read_metadata
+from fas.export.onnx import export_onnx
 from fas.export.quantize import ArrayReader, QuantizationRecipe, compact, quantize
 from fas.export.rewrite import optimize_for_cpu
 from fas.inference.backends import load_backend
+from fas.inference.onnx_file import read_metadata
 from fas.models import build_backbone
 
 SIZE = 48

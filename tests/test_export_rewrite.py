@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from fas.convention import ClassScheme, InputConvention, ModelInfo
-from fas.export.onnx import export_onnx, read_metadata
+from fas.export.onnx import export_onnx
 from fas.export.rewrite import (
     channel_ranges,
     fuse_gemm_chains,
@@ -23,6 +23,7 @@ from fas.export.rewrite import (
     prelu_to_relu,
     reduce_mean_to_global_average_pool,
 )
+from fas.inference.onnx_file import read_metadata
 from fas.models import BACKBONES, build_backbone
 
 SCHEME = ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1})

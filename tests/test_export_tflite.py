@@ -19,12 +19,15 @@ import torch
 from fas.convention import InputConvention, ModelInfo
 from fas.errors import ConfigError
 from fas.export import tflite
+from fas.inference import tflite_file
 from fas.inference.backends import TfliteBackend, load_backend
 from fas.inference.preprocess import face_batch
 from fas.models import BACKBONES, build_backbone
-from fas.models.pretrained import SILENTFACE_SCHEME
+from fas.registry import class_scheme
 
 from conftest import TINY_DATA, compose_config
+
+SILENTFACE3 = class_scheme("silentface3")
 
 HAS_MOBILE = importlib.util.find_spec("litert_torch") is not None and importlib.util.find_spec("ai_edge_litert")
 mobile = pytest.mark.skipif(
@@ -44,15 +47,22 @@ def test_the_missing_extra_is_one_line_naming_the_install(monkeypatch: pytest.Mo
             raise ImportError(f"No module named '{name}'")
         return real_import(name, *args, **kwargs)
 
+    real_import_module = importlib.import_module
+
+    def import_module_without_litert(name: str):
+        if name.startswith(("litert_torch", "ai_edge_litert", "ai_edge_quantizer")):
+            raise ImportError(f"No module named '{name}'")
+        return real_import_module(name)
+
     monkeypatch.setattr(builtins, "__import__", without_litert)
-    monkeypatch.setattr(tflite.importlib, "import_module", lambda name: without_litert(name))
+    monkeypatch.setattr(importlib, "import_module", import_module_without_litert)
     model_file = tmp_path / "model.tflite"
     model_file.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
     for call in (
         lambda: load_backend(model_file),
         lambda: tflite.export_fp32(torch.nn.Identity(), None, tmp_path / "x.tflite"),  # type: ignore[arg-type]
     ):
-        with pytest.raises(tflite.TfliteError) as refused:
+        with pytest.raises(tflite_file.TfliteError) as refused:
             call()
         assert str(refused.value) == (
             "LiteRT (.tflite) files need the mobile extra, which is not installed: "
@@ -62,14 +72,14 @@ def test_the_missing_extra_is_one_line_naming_the_install(monkeypatch: pytest.Mo
 
 def test_the_app_file_names_follow_the_silentface_convention() -> None:
     app = InputConvention(input_size=80, color_order="bgr", pixel_scale=1.0, crop_scale=2.7, crop_mode="shift")
-    assert tflite.file_names(ModelInfo(app, SILENTFACE_SCHEME, "minifasnet_v2")) == (
+    assert tflite.file_names(ModelInfo(app, SILENTFACE3, "minifasnet_v2")) == (
         "spoof_model_scale_2_7.tflite",
         "spoof_model_scale_2_7_int8.tflite",
     )
     four = InputConvention(**{**app.to_dict(), "crop_scale": 4.0})
-    assert tflite.file_names(ModelInfo(four, SILENTFACE_SCHEME, "minifasnet_v1se"))[0] == "spoof_model_scale_4_0.tflite"
+    assert tflite.file_names(ModelInfo(four, SILENTFACE3, "minifasnet_v1se"))[0] == "spoof_model_scale_4_0.tflite"
     rgb = InputConvention(**{**app.to_dict(), "color_order": "rgb"})
-    assert tflite.file_names(ModelInfo(rgb, SILENTFACE_SCHEME, "minifasnet_v2")) == (
+    assert tflite.file_names(ModelInfo(rgb, SILENTFACE3, "minifasnet_v2")) == (
         "model.tflite",
         "model_int8.tflite",
     )
@@ -115,7 +125,7 @@ def test_fp32_matches_pytorch_on_every_backbone(backbone: str, size: int, tmp_pa
             if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
                 layer.running_mean.uniform_(-0.5, 0.5)
                 layer.running_var.uniform_(0.5, 2.0)
-    info = ModelInfo(InputConvention(input_size=size), SILENTFACE_SCHEME.__class__("b", ("live", "spoof"), 0), backbone)
+    info = ModelInfo(InputConvention(input_size=size), SILENTFACE3.__class__("b", ("live", "spoof"), 0), backbone)
     path = tflite.export_fp32(model, info, tmp_path / "model.tflite")
     backend = load_backend(path)
     assert isinstance(backend, TfliteBackend)
@@ -124,7 +134,7 @@ def test_fp32_matches_pytorch_on_every_backbone(backbone: str, size: int, tmp_pa
     with torch.no_grad():
         expected = model(torch.from_numpy(batch)).numpy()
     np.testing.assert_allclose(backend.logits(batch), expected, atol=1e-4, rtol=0)
-    assert tflite.read_metadata(path) == (info, {"fas.layout": "nhwc", "fas.output": "logits"})
+    assert tflite_file.read_metadata(path) == (info, {"fas.layout": "nhwc", "fas.output": "logits"})
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +253,7 @@ def test_int8_io_and_softmax_options(ranked_checkpoint: Path, tiny_data: Path, t
     fp32, int8 = load_backend(result.fp32), load_backend(result.int8)
     assert tflite.float_operations(result.int8) == 0  # every layer in 8 bits
     assert int8.input["dtype"] == np.int8 and int8.output["dtype"] == np.int8
-    assert fp32.outputs_probabilities and tflite.read_metadata(result.fp32)[1]["fas.output"] == "probabilities"
+    assert fp32.outputs_probabilities and tflite_file.read_metadata(result.fp32)[1]["fas.output"] == "probabilities"
     batch = np.random.default_rng(0).random((4, 3, 64, 64), dtype=np.float32)
     reference = load_backend(ranked_checkpoint).logits(batch)
     # log softmax of the logits, up to the per-image constant the softmax removes

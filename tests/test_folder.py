@@ -10,12 +10,18 @@ import cv2
 import numpy as np
 import pytest
 
-from fas.data.folder import FolderSource
-from fas.data.media import frame_count, read_frames, sampled_frames
 from fas.data.sample import UNKNOWN_ATTACK, BadSample, DatasetError, Sample
+from fas.data.sources.folder import FolderSource
+from fas.media import frame_count, read_frames, sampled_frames
 
 # generate_folder's class folders -> the spoof types they map to
 FOLDER_TYPES = {"live": 0, "spoof/print": 1, "spoof/replay": 7, "spoof": UNKNOWN_ATTACK}
+
+
+NOT_A_VIDEO = (
+    "not an MP4/MOV, AVI, Matroska/WebM, MPEG or WMV video (a broken file, or another kind of file such as a "
+    "playlist or concat list, which fas never follows)"
+)
 
 
 def records(source: FolderSource) -> tuple[list[Sample], list[BadSample]]:
@@ -98,8 +104,8 @@ def test_faults_are_listed_not_dropped(tiny_folder: Path, tmp_path: Path) -> Non
     reasons = {b.path.name: b.reason for b in bad}
     assert reasons == {
         "stray.jpg": "outside train/, val/ and test/ of a tree split into them; move it under one",
-        "broken.mp4": "not an MP4/MOV, AVI or Matroska/WebM video (broken, or another kind of file)",
-        "playlist.mp4": "not an MP4/MOV, AVI or Matroska/WebM video (broken, or another kind of file)",
+        "broken.mp4": NOT_A_VIDEO,
+        "playlist.mp4": NOT_A_VIDEO,
         f"{image.stem}_BB.txt": "degenerate box x=10.0 y=10.0 w=0.0 h=5.0",
     }
     assert len(samples) + len(bad) == len(records(FolderSource(str(tiny_folder)))[0]) + 3

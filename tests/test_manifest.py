@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fas.data.manifest import ManifestSource
 from fas.data.sample import UNKNOWN_ATTACK, BadSample, DatasetError, Sample
+from fas.data.sources.manifest import ManifestSource
 
 
 def records(source: ManifestSource) -> tuple[list[Sample], list[BadSample]]:
@@ -17,7 +17,7 @@ def records(source: ManifestSource) -> tuple[list[Sample], list[BadSample]]:
 
 
 def test_the_generated_manifest_matches_the_folder_reader(tiny_folder: Path) -> None:
-    from fas.data.folder import FolderSource
+    from fas.data.sources.folder import FolderSource
 
     listed, bad = records(ManifestSource(str(tiny_folder / "manifest.csv")))
     walked, _ = records(FolderSource(str(tiny_folder)))

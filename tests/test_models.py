@@ -78,7 +78,7 @@ def test_wrong_architecture_is_one_line_with_the_fix(reference_dir: Path) -> Non
         load_backbone_weights(model, path, "minifasnet_v1")
     message = str(caught.value)
     assert "\n" not in message
-    assert "model=minifasnet_v2se" in message and "data.input_size=128" in message
+    assert "model=minifasnet_v2se" in message and "convention.input_size=128" in message
 
 
 def test_missing_checkpoint_file_is_reported(tmp_path: Path) -> None:

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from fas.detect import YuNetDetector
-from fas.download import read_registry
 from fas.errors import ConfigError
-from fas.inference.media import MediaError
-from fas.predict import predict
+from fas.media import MediaError
+from fas.predict import PredictError, predict
+from fas.registry import read_registry
 
 from conftest import CONFIG_DIR, REPO_ROOT, compose_config
 
@@ -75,7 +75,7 @@ def test_odd_files_are_reported_one_by_one(reference_dir: Path, tmp_path: Path) 
     overrides = [f"input={folder}", models_override([reference_dir / LIVENESS_FILES["suri_liveness"][0]])]
     records = {Path(r["file"]).name: r for r in run(reference_dir, tmp_path / "run", overrides)}
     assert set(records) == {"gray.png", "rgba.png", "deep.png", "wall.png", "broken.jpg"}
-    assert "cannot decode the image" in records["broken.jpg"]["error"]
+    assert "truncated image (no end-of-image marker)" in records["broken.jpg"]["error"]
     assert records["wall.png"]["label"] == "no_face" and records["wall.png"]["face"] is None
     assert "grayscale" in records["gray.png"]["notes"][0] and records["gray.png"]["label"] in ("real", "spoof")
     assert records["rgba.png"]["notes"] == ["alpha channel dropped"] and records["rgba.png"]["label"] == "real"
@@ -110,13 +110,13 @@ def test_bad_inputs_are_user_errors(reference_dir: Path, tmp_path: Path) -> None
     with pytest.raises(MediaError, match="camera 9: cannot open the video"):
         run(reference_dir, tmp_path, [models, "input=9"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(MediaError, match="no image files in this folder"):
+    with pytest.raises(MediaError, match="no image or video files in this folder"):
         run(reference_dir, tmp_path, [models, f"input={tmp_path / 'empty'}"])
     (tmp_path / "corrupt").mkdir()
     for name in ("a.jpg", "b.png"):
         (tmp_path / "corrupt" / name).write_bytes(b"not an image")
     with pytest.raises(
-        MediaError, match=r"nothing was predicted: all 2 input\(s\) failed, each listed with its error in"
+        PredictError, match=r"nothing was predicted: all 2 input\(s\) failed, each listed with its error in"
     ):
         run(reference_dir, tmp_path / "corrupt_run", [models, f"input={tmp_path / 'corrupt'}"])
 

@@ -15,17 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-from fas.data.cache import CropSpec, chunk_path, images_path, manifest_path, samples_path, skipped_path
-from fas.data.celeba_spoof import read_split
+from fas.convention import InputConvention
+from fas.data.cache import chunk_path, images_path, manifest_path, samples_path, skipped_path
 from fas.data.loading import load_crop, pixel_box
 from fas.data.prepare import prepare
 from fas.data.sample import DatasetError
-from fas.export.onnx import read_metadata
+from fas.data.sources.celeba_spoof import read_split
+from fas.inference.onnx_file import read_metadata
 from fas.train import train
 
 from conftest import PREPARED_CROP_SETTINGS, REPO_ROOT, compose_train
 
-CROP = CropSpec(**PREPARED_CROP_SETTINGS)
+CROP = InputConvention(**PREPARED_CROP_SETTINGS)
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def test_every_broken_sample_is_listed_with_its_reason(
         "train": {"samples": 48 - 11, "skipped": 11},
         "test": {"samples": 24 - 2, "skipped": 2},
     }
-    assert manifest["crop"] == {"size": 64, "scale": 2.7, "mode": "shift", "interpolation": None}
+    assert manifest["crop"] == {"input_size": 64, "crop_scale": 2.7, "crop_mode": "shift", "interpolation": None}
 
 
 def test_cached_crops_are_the_crops_of_the_original_images(prepared: Path, broken_data) -> None:
@@ -68,7 +69,7 @@ def test_cached_crops_are_the_crops_of_the_original_images(prepared: Path, broke
         records = {s.key: s for s in read_split(root, split)[0]}
         for row in rows[:5]:
             record = records[row["key"]]
-            np.testing.assert_array_equal(images[int(row["row"])], load_crop(record, CROP.convention()))
+            np.testing.assert_array_equal(images[int(row["row"])], load_crop(record, CROP))
             assert int(row["row"]) == keys.index(row["key"])
             height, width = cv2.imread(str(record.path)).shape[:2]
             assert tuple(float(row[c]) for c in "xywh") == pytest.approx(pixel_box(record, width, height))
@@ -113,8 +114,10 @@ def test_an_interrupted_run_resumes_the_unfinished_chunks(prepared: Path, broken
 
 def test_other_settings_or_a_foreign_folder_are_refused(prepared: Path, broken_data, tmp_path: Path) -> None:
     root, _ = broken_data
-    with pytest.raises(DatasetError, match=r"holds a cache made with other settings \(crop .*'size': 64.*'size': 80"):
-        prepare(root, prepared, CropSpec(size=80), workers=1, chunk_size=8, progress=False)
+    with pytest.raises(
+        DatasetError, match=r"holds a cache made with other settings \(crop .*'input_size': 64.*'input_size': 80"
+    ):
+        prepare(root, prepared, InputConvention(input_size=80), workers=1, chunk_size=8, progress=False)
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(DatasetError, match=r"not empty and holds no manifest.json"):
         prepare(root, tmp_path, CROP, workers=1, progress=False)
@@ -124,7 +127,15 @@ def test_other_settings_or_a_foreign_folder_are_refused(prepared: Path, broken_d
 
 def test_cli_prints_the_count_and_refuses_missing_settings(broken_data, tmp_path: Path) -> None:
     root, _ = broken_data
-    command = [sys.executable, "-m", "fas.data.prepare", f"root={root}", "crop.size=64", "workers=2", "progress=false"]
+    command = [
+        sys.executable,
+        "-m",
+        "fas.data.prepare",
+        f"root={root}",
+        "convention.input_size=64",
+        "workers=2",
+        "progress=false",
+    ]
     done = subprocess.run([*command, f"output={tmp_path / 'cache'}"], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"59 crops (train 37, test 22); skipped 13 sample(s), listed with their reason in {tmp_path}" in done.stdout
@@ -139,9 +150,9 @@ def test_a_file_as_root_or_output_is_refused_by_name(broken_data, tmp_path: Path
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
     with pytest.raises(DatasetError, match=rf"{a_file}: output is a file, not a folder; choose a new or empty folder"):
-        prepare(root, a_file, CropSpec(64), progress=False)
+        prepare(root, a_file, InputConvention(input_size=64), progress=False)
     with pytest.raises(DatasetError, match=rf"{a_file}: the root is a file, not a folder"):
-        prepare(a_file, tmp_path / "cache", CropSpec(64), progress=False)
+        prepare(a_file, tmp_path / "cache", InputConvention(input_size=64), progress=False)
 
 
 def replicated_tree(source: Path, root: Path, copies: int) -> None:
@@ -162,7 +173,7 @@ def replicated_tree(source: Path, root: Path, copies: int) -> None:
 
 def peak_traced_bytes(root: Path, output: Path) -> int:
     tracemalloc.start()
-    prepare(root, output, CropSpec(size=128), splits=("train",), workers=1, chunk_size=16, progress=False)
+    prepare(root, output, InputConvention(input_size=128), splits=("train",), workers=1, chunk_size=16, progress=False)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return peak
@@ -186,7 +197,7 @@ def test_training_runs_on_the_prepared_cache(prepared: Path, tmp_path: Path) -> 
         "data=celeba_spoof_packed",
         f"data.cache={prepared}",
         "trainer=cpu_bf16",
-        "data.input_size=64",
+        "convention.input_size=64",
         "data.num_workers=1",
         "data.batch_size=8",
         "data.eval_batch_size=16",
@@ -207,14 +218,14 @@ def test_training_runs_on_the_prepared_cache(prepared: Path, tmp_path: Path) -> 
     assert checkpoint["hyper_parameters"]["convention"]["input_size"] == 64
     exported = read_metadata(tmp_path / "run/export/model_int8.onnx")  # calibrated on packed crops
     assert exported.class_scheme.real_class_index == 1 and exported.convention.input_size == 64
-    with pytest.raises(DatasetError, match=r"the cache holds 64x64 crops .* Train with data.input_size=64"):
+    with pytest.raises(DatasetError, match=r"the cache holds 64x64 crops .* Train with convention.input_size=64"):
         train(compose_train([*overrides[:2], "+trainer.enable_progress_bar=false"], tmp_path / "mismatch"))
 
 
 @pytest.fixture(scope="module")
 def prepared_folder(tiny_folder: Path, reference_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """`python -m fas.data.prepare source=folder` on the folder twin: boxes given or detected by YuNet."""
-    from fas.data.folder import FolderSource
+    from fas.data.sources.folder import FolderSource
     from fas.detect import detector_factory
 
     yunet = reference_dir / "yunet/face_detection_yunet_2023mar.onnx"
@@ -260,7 +271,7 @@ def no_detector_expected():
 
 
 def test_faces_found_once_are_reused_at_another_crop(tiny_folder: Path, reference_dir: Path, tmp_path: Path) -> None:
-    from fas.data.folder import FolderSource
+    from fas.data.sources.folder import FolderSource
     from fas.detect import detector_factory
 
     yunet = reference_dir / "yunet/face_detection_yunet_2023mar.onnx"
@@ -270,9 +281,14 @@ def test_faces_found_once_are_reused_at_another_crop(tiny_folder: Path, referenc
         FolderSource(str(tiny_folder)), tmp_path / "a", CROP, detector, workers=1, progress=False, faces=memo
     )
     second = prepare(
-        FolderSource(str(tiny_folder)), tmp_path / "b", CropSpec(96), no_detector_expected, workers=1, progress=False,
+        FolderSource(str(tiny_folder)),
+        tmp_path / "b",
+        InputConvention(input_size=96),
+        no_detector_expected,
+        workers=1,
+        progress=False,
         faces=memo,
-    )  # fmt: skip
+    )
     assert second.samples == first.samples and second.skipped_by_type == first.skipped_by_type
     for split in ("train", "test"):
         a, b = read_tsv(samples_path(tmp_path / "a", split)), read_tsv(samples_path(tmp_path / "b", split))

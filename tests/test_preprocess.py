@@ -10,7 +10,7 @@ import numpy as np
 from fas.convention import InputConvention
 from fas.data.crop import normalize
 from fas.inference.preprocess import face_batch
-from fas.models.pretrained import suri_convention
+from fas.registry import published_convention
 
 
 def test_normalize_orders_scales_and_standardises() -> None:
@@ -32,6 +32,6 @@ def test_suri_inputs_match_the_recorded_hashes(reference_dir: Path) -> None:
     for name, record in expected["images"].items():
         image = cv2.imread(str(reference_dir / "images" / name))
         for face in record["faces"]:
-            batch = face_batch(image, [face["bbox_xywh"]], suri_convention(128))
+            batch = face_batch(image, [face["bbox_xywh"]], published_convention("suri_liveness"))
             assert batch.shape == (1, 3, 128, 128)
             assert hashlib.sha256(batch.tobytes()).hexdigest() == face["input_sha256"], name

@@ -12,22 +12,23 @@ import torch
 import yaml
 
 from fas.convention import ClassScheme, InputConvention
-from fas.export.onnx import read_metadata
+from fas.errors import ModelFileError
 from fas.inference.backends import OnnxBackend, TorchBackend, load_backend
+from fas.inference.onnx_file import read_metadata
 from fas.inference.preprocess import face_batch
 from fas.models import build_backbone
 from fas.models.checkpoint import CheckpointMismatchError
-from fas.models.pretrained import (
-    SILENTFACE_SCHEME,
-    SURI_SCHEME,
-    SilentFaceName,
-    convention_differences,
-    load_pretrained,
-    parse_silentface_name,
-    suri_convention,
-)
+from fas.models.pretrained import SilentFaceName, convention_differences, load_pretrained, parse_silentface_name
+from fas.registry import class_scheme, published_convention
 
 from conftest import CONFIG_DIR
+
+SILENTFACE_SCHEME, SURI_SCHEME = class_scheme("silentface3"), class_scheme("binary")
+
+
+def suri_convention(size: int) -> InputConvention:
+    return published_convention("suri_liveness", input_size=size)
+
 
 SILENTFACE_FILES = ("2.7_80x80_MiniFASNetV2.pth", "4_0_0_80x80_MiniFASNetV1SE.pth")
 
@@ -158,7 +159,7 @@ def test_plain_state_dicts_as_uniface_ships_them(reference_dir: Path, tmp_path: 
         image = cv2.imread(str(reference_dir / "images" / image_name))
         logits = backend.logits(face_batch(image, [record["bbox_xywh"]], backend.info.convention))[0]
         np.testing.assert_allclose(logits, record["models"][SILENTFACE_FILES[0]]["logits"], atol=1e-4, rtol=0)
-    with pytest.raises(CheckpointMismatchError, match=r"has 3 classes, but suri-liveness models \(convention=suri"):
+    with pytest.raises(ModelFileError, match=r"has 3 classes, but suri-liveness models \(convention=suri"):
         load_backend(plain, convention="suri_liveness")
 
 

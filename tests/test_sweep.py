@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from hydra.types import RunMode
 
-from fas.sweep import collect_jobs, sweep_group, write_summary
+from fas.hydra_utils import sweep_group
+from fas.sweep import collect_jobs, write_summary
 
 from conftest import REPO_ROOT, wandb_records
 
@@ -101,7 +102,7 @@ def test_leave_one_dataset_out_is_a_multirun(tiny_data: Path, tiny_folder: Path,
     command = [
         sys.executable, str(REPO_ROOT / "train.py"), "-m", "data=mix", "data.held_out=celeba_spoof,folder",
         f"data.sources.celeba_spoof.root={tiny_data}", f"data.sources.folder.root={tiny_folder}",
-        f"detector.model_path={yunet}", f"paths.data_dir={tmp_path / 'data'}", "data.input_size=48",
+        f"detector.model_path={yunet}", f"paths.data_dir={tmp_path / 'data'}", "convention.input_size=48",
         *[q for q in QUICK if not q.startswith("data=")],
     ]  # fmt: skip
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from fas.data.celeba_spoof import read_bb
+from fas.data.sources.celeba_spoof import read_bb
 from fas.data.synthetic import MARKER, generate
 
 from conftest import TINY

@@ -62,14 +62,19 @@ def test_run_directory_holds_checkpoints_and_report(short_fit: Path) -> None:
 def test_resume_with_another_head_is_refused(short_fit: Path, tiny_data: Path, tmp_path: Path) -> None:
     ckpt = short_fit / "checkpoints" / "last.ckpt"
     cfg = compose_train(
-        [*TINY_RUN, f"data.root={tiny_data}", "data.input_size=64", f"ckpt_path={ckpt}", "model.ft_weight=0"], tmp_path
+        [*TINY_RUN, f"data.root={tiny_data}", "convention.input_size=64", f"ckpt_path={ckpt}", "model.ft_weight=0"],
+        tmp_path,
     )
     with pytest.raises(
         CheckpointMismatchError, match=r"trained with the Fourier head; resume it with model.ft_weight=0.5"
     ):
         train(cfg)
-    cfg = compose_train([*TINY_RUN, f"data.root={tiny_data}", "data.input_size=128", f"ckpt_path={ckpt}"], tmp_path)
-    with pytest.raises(CheckpointMismatchError, match=r"does not fit backbone minifasnet_v2se: .*data.input_size=64"):
+    cfg = compose_train(
+        [*TINY_RUN, f"data.root={tiny_data}", "convention.input_size=128", f"ckpt_path={ckpt}"], tmp_path
+    )
+    with pytest.raises(
+        CheckpointMismatchError, match=r"does not fit backbone minifasnet_v2se: .*convention.input_size=64"
+    ):
         train(cfg)
 
 
@@ -78,7 +83,12 @@ def test_wandb_offline_run_holds_config_losses_metrics_and_the_onnx_artifact(
 ) -> None:
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))  # artifact staging, not ~/.local
-    overrides = [f"data.root={tiny_data}", "data.input_size=48", "trainer.max_epochs=1", "trainer.log_every_n_steps=1"]
+    overrides = [
+        f"data.root={tiny_data}",
+        "convention.input_size=48",
+        "trainer.max_epochs=1",
+        "trainer.log_every_n_steps=1",
+    ]
     overrides += ["logger=wandb", "logger.wandb.offline=true", "quantization=none"]
     train(compose_train([*TINY_DATA, *overrides], tmp_path))
     records = wandb_records(tmp_path)
@@ -86,7 +96,7 @@ def test_wandb_offline_run_holds_config_losses_metrics_and_the_onnx_artifact(
     assert run.run_group == "train" and run.project == "fas"
     updates = [item for r in records if r.HasField("config") for item in r.config.update]
     config = {item.key: json.loads(item.value_json) for item in updates}
-    assert config["model"]["ft_weight"] == 0.5 and config["data"]["input_size"] == 48  # the resolved config
+    assert config["model"]["ft_weight"] == 0.5 and config["convention"]["input_size"] == 48  # the resolved config
     history = [item for r in records if r.HasField("history") for item in r.history.item]
     logged = {item.key or "/".join(item.nested_key) for item in history}
     assert {"train/loss_ce", "train/loss_ft", "val/auroc", "test/auroc", "test/eer"} <= logged
@@ -110,7 +120,7 @@ def test_every_backbone_size_and_ft_weight_trains(
             "debug=fdr",  # also drops the callbacks
             f"data.root={tiny_data}",
             f"model={backbone}",
-            f"data.input_size={size}",
+            f"convention.input_size={size}",
             f"model.ft_weight={ft_weight}",
         ],
         tmp_path,
@@ -139,15 +149,17 @@ def test_cli_missing_data_root(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("size", ["abc", "-8", "7", "80.5"])
 def test_invalid_input_size_names_the_key(size: str, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=rf"data.input_size={size!r}|data.input_size={size}: give the model's input"):
-        train(compose_train([*TINY_RUN, "data.root=unused", f"data.input_size={size}"], tmp_path))
+    with pytest.raises(
+        ConfigError, match=rf"convention.input_size={size!r}|convention.input_size={size}: give the model's input"
+    ):
+        train(compose_train([*TINY_RUN, "data.root=unused", f"convention.input_size={size}"], tmp_path))
 
 
 def test_cli_input_size_and_root_errors_are_one_line(tmp_path: Path, tiny_data: Path) -> None:
-    line = error_line(run_cli("data.input_size=abc", cwd=tmp_path))
+    line = error_line(run_cli("convention.input_size=abc", cwd=tmp_path))
     assert line == (
-        "error: data.input_size='abc': give the model's input side in pixels, an integer of at least 16 "
-        "(e.g. data.input_size=80 or data.input_size=128)"
+        "error: convention.input_size='abc': give the model's input side in pixels, an integer of at least 16 "
+        "(e.g. convention.input_size=80 or convention.input_size=128)"
     )
     a_file = tiny_data / "metas" / "intra_test" / "train_label.json"
     line = error_line(run_cli("data=celeba_spoof", f"data.root={a_file}", cwd=tmp_path))
@@ -173,7 +185,7 @@ def test_cli_wrong_pretrained_checkpoint(tmp_path: Path, tiny_data: Path, refere
             "data=celeba_spoof", f"data.root={tiny_data}", "model=minifasnet_v1", f"pretrained={weights}", cwd=tmp_path
         )
     )
-    assert "does not fit backbone minifasnet_v1" in line and "model=minifasnet_v2se, data.input_size=128" in line
+    assert "does not fit backbone minifasnet_v1" in line and "model=minifasnet_v2se, convention.input_size=128" in line
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -181,7 +193,7 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def fit(tiny_data: Path, run_dir: Path, *overrides: str) -> dict:
-    base = [*TINY_RUN, f"data.root={tiny_data}", "data.input_size=48", "trainer.deterministic=true", "seed=7"]
+    base = [*TINY_RUN, f"data.root={tiny_data}", "convention.input_size=48", "trainer.deterministic=true", "seed=7"]
     _, metrics = train(compose_train([*base, *overrides], run_dir))
     return metrics
 
@@ -208,7 +220,7 @@ def kill_mid_training(command: list[str], run_dir: Path, signal_number: int) -> 
 def test_killed_run_resumes_to_the_same_weights(signal_number: int, tiny_data: Path, tmp_path: Path) -> None:
     fit(tiny_data, tmp_path / "whole", *RESUMED)
     run_dir = tmp_path / "killed"
-    base = [*TINY_RUN, f"data.root={tiny_data}", "data.input_size=48", "trainer.deterministic=true", "seed=7"]
+    base = [*TINY_RUN, f"data.root={tiny_data}", "convention.input_size=48", "trainer.deterministic=true", "seed=7"]
     command = [sys.executable, str(REPO_ROOT / "train.py"), *base, *RESUMED, f"hydra.run.dir={run_dir}"]
     killed = kill_mid_training(command, run_dir, signal_number)
     assert killed.returncode != 0 and not (run_dir / "report").exists(), killed.stderr[-2000:]
@@ -261,7 +273,12 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_evaluation(tiny_data:
     run_dir = tmp_path / "ddp"
     overrides = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2"]
     result = run_cli(
-        *TINY_DATA, f"data.root={tiny_data}", "data.input_size=48", *overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path
+        *TINY_DATA,
+        f"data.root={tiny_data}",
+        "convention.input_size=48",
+        *overrides,
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in (run_dir / "export").iterdir()) == [  # written once, by rank 0
@@ -283,7 +300,7 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_evaluation(tiny_data:
 def own_data(tiny_folder: Path, reference_dir: Path, run_dir: Path) -> list[str]:
     """Overrides that train on the folder twin: YuNet from ../shared, the automatic caches under the run."""
     yunet = reference_dir / "yunet/face_detection_yunet_2023mar.onnx"
-    return [*TINY_RUN, "data.input_size=48", f"detector.model_path={yunet}", f"paths.data_dir={run_dir / 'data'}"]
+    return [*TINY_RUN, "convention.input_size=48", f"detector.model_path={yunet}", f"paths.data_dir={run_dir / 'data'}"]
 
 
 def test_training_on_a_folder_tree(tiny_folder: Path, reference_dir: Path, tmp_path: Path) -> None:

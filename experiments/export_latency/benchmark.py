@@ -33,6 +33,7 @@ import onnxruntime as ort
 
 from fas.convention import ClassScheme, InputConvention, ModelInfo
 from fas.data.datamodule import FaceDataModule
+from fas.data.sources.celeba_spoof import CelebASpoofSource
 from fas.export.onnx import export_onnx
 from fas.export.pipeline import calibration_images, labelled_images
 from fas.export.quantize import QuantizationRecipe, quantize
@@ -67,7 +68,8 @@ def build_ours(directory: Path) -> tuple[Path, Path, np.ndarray]:
     backbone = build_backbone("minifasnet_v2se", input_size=SIZE, num_classes=2)
     load_backbone_weights(backbone, SURI / "best_model.pth", "minifasnet_v2se")
     info = ModelInfo(SURI_CONVENTION, SCHEME, "minifasnet_v2se", {"weights": "suri-liveness best_model.pth"})
-    datamodule = FaceDataModule(str(REPO / "data" / "synthetic"), SCHEME, **SURI_CONVENTION.to_dict(), synthetic={})
+    source = CelebASpoofSource(str(REPO / "data" / "synthetic"), synthetic={})
+    datamodule = FaceDataModule({"celeba_spoof": source}, SCHEME, SURI_CONVENTION)
     datamodule.prepare_data()
     datamodule.setup()
     calibration = calibration_images(datamodule, QuantizationRecipe().calibration_samples)

@@ -5,7 +5,7 @@
 
 Measurements at each batch size and loader worker count; comparing them names the bottleneck:
 
-- end to end: the objects `fas.train.train` builds from `data=celeba_spoof_packed data.input_size=128
+- end to end: the objects `fas.train.train` builds from `data=celeba_spoof_packed convention.input_size=128
   model=minifasnet_v2se trainer=gpu` (bf16-mixed, channels_last) under the Lightning Trainer, validation and
   checkpoints off; training images/s of the epochs after the first, first batch fetched to last step done;
   as configured, and with `cv2.setNumThreads(0)` in the workers and `pin_memory`;
@@ -48,7 +48,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from fas.data.cache import CropSpec
+from fas.convention import InputConvention
 from fas.data.prepare import prepare
 from fas.data.synthetic import SyntheticConfig, generate
 
@@ -124,7 +124,13 @@ def make_cache(work: Path, source_subjects: int, train_images: int) -> Path:
                 out[new_key] = labels[key]
             (root / "metas/intra_test").mkdir(parents=True, exist_ok=True)
             (root / f"metas/intra_test/{split}_label.json").write_text(json.dumps(out))
-    prepare(root, cache, CropSpec(SIZE, 2.7, "shift"), workers=os.cpu_count(), progress=False)
+    prepare(
+        root,
+        cache,
+        InputConvention(input_size=SIZE, crop_scale=2.7, crop_mode="shift"),
+        workers=os.cpu_count(),
+        progress=False,
+    )
     return cache
 
 
@@ -132,7 +138,7 @@ def config(cache: Path, batch: int, workers: int, trainer: str, work: Path) -> D
     overrides = [
         "data=celeba_spoof_packed",
         f"data.cache={cache}",
-        f"data.input_size={SIZE}",
+        f"convention.input_size={SIZE}",
         "model=minifasnet_v2se",
         f"trainer={trainer}",
         f"data.batch_size={batch}",
@@ -282,7 +288,7 @@ def train_py(cache: Path, batch: int, workers: int, epochs: int, trainer: str, w
     """One real `python train.py` run (validation, checkpoints, test and report included), timed by the meter."""
     output = work / "train_py_throughput.json"
     command = [
-        *("train.py", "data=celeba_spoof_packed", f"data.cache={cache}", f"data.input_size={SIZE}"),
+        *("train.py", "data=celeba_spoof_packed", f"data.cache={cache}", f"convention.input_size={SIZE}"),
         *("model=minifasnet_v2se", f"trainer={trainer}", f"data.batch_size={batch}", f"data.num_workers={workers}"),
         *(f"trainer.max_epochs={epochs}", f"hydra.run.dir={work / 'train_py_run'}"),
         *("+callbacks.throughput._target_=benchmark.ThroughputMeter", f"+callbacks.throughput.output={output}"),

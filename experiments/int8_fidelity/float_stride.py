@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from hydra import compose, initialize_config_dir
 
+from fas.data.datamodule import datamodule_for
 from fas.export.parity import batched_logits, latency_ms
-from fas.export.pipeline import calibration_images, datamodule_for, labelled_images
+from fas.export.pipeline import calibration_images, labelled_images
 from fas.export.quantize import QuantizationRecipe, quantize
 from fas.inference.backends import OnnxBackend, load_backend
 

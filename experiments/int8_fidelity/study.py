@@ -29,9 +29,10 @@ from onnxruntime.quantization.qdq_loss_debug import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from fas.data.datamodule import datamodule_for
 from fas.export.onnx import export_onnx
 from fas.export.parity import batched_logits, latency_ms
-from fas.export.pipeline import calibration_images, datamodule_for, labelled_images
+from fas.export.pipeline import calibration_images, labelled_images
 from fas.export.quantize import ArrayReader, correct_output_bias
 from fas.export.rewrite import (
     equalize_channel_ranges,

@@ -45,11 +45,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from fas.convention import ClassScheme, InputConvention
-from fas.data.cache import CropSpec, read_cached_split
-from fas.data.celeba_spoof import read_split
-from fas.data.datamodule import FaceCropDataset, PackedCropDataset, face_item
+from fas.data.cache import read_cached_split
+from fas.data.datasets import FaceCropDataset, PackedCropDataset, face_item
 from fas.data.prepare import prepare
 from fas.data.sample import with_targets
+from fas.data.sources.celeba_spoof import read_split
 from fas.data.synthetic import SyntheticConfig, generate
 from fas.losses import fourier_target, to_gray_255
 from fas.models import FTHead, build_backbone
@@ -80,13 +80,20 @@ def make_data(work: Path, images: int, image_size: tuple[int, int]) -> tuple[Pat
 def fresh_cache(root: Path, cache: Path) -> Path:
     """Prepare `root` into a new cache (the tree may have been regenerated since the last run)."""
     shutil.rmtree(cache, ignore_errors=True)
-    prepare(root, cache, CropSpec(SIZE, 2.7, "shift"), splits=("train",), workers=2, progress=False)
+    prepare(
+        root,
+        cache,
+        InputConvention(input_size=SIZE, crop_scale=2.7, crop_mode="shift"),
+        splits=("train",),
+        workers=2,
+        progress=False,
+    )
     return cache
 
 
 def silentface_augmentation() -> Any:
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"data.input_size={SIZE}"])
+        cfg = compose("train", overrides=[f"convention.input_size={SIZE}"])
     return instantiate(cfg.augmentation.train)
 
 

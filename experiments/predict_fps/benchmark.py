@@ -41,13 +41,15 @@ import torch
 
 from fas.data.crop import letterbox, square_about_box
 from fas.detect import YuNetDetector
-from fas.download import read_registry, resolve_model_file
-from fas.export.onnx import export_onnx, read_metadata
+from fas.download import resolve_model_file
+from fas.export.onnx import export_onnx
 from fas.export.quantize import QuantizationRecipe, quantize
 from fas.export.rewrite import optimize_for_cpu
 from fas.inference.backends import load_backend
+from fas.inference.onnx_file import read_metadata
 from fas.inference.predictor import LivenessPredictor
 from fas.inference.preprocess import face_batch
+from fas.registry import read_registry
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_REFERENCE = HERE.parents[2] / "shared" / "reference"

@@ -29,10 +29,11 @@ SOURCE = SyntheticConfig(train_subjects=4, test_subjects=1, images_per_subject=6
 
 PREPARE_ONE = """
 import resource, sys, time
-from fas.data.cache import CropSpec
+from fas.convention import InputConvention
 from fas.data.prepare import prepare
 start = time.perf_counter()
-summary = prepare(sys.argv[1], sys.argv[2], CropSpec(128, 2.7, "shift"), splits=("train",), workers=1, progress=False)
+crop = InputConvention(input_size=128, crop_scale=2.7, crop_mode="shift")
+summary = prepare(sys.argv[1], sys.argv[2], crop, splits=("train",), workers=1, progress=False)
 seconds = time.perf_counter() - start
 print(sum(summary.samples.values()), seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """

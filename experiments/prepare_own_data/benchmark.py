@@ -36,8 +36,8 @@ PHOTO_SIZE, VIDEO_SIZE = (1920, 1440), (1280, 720)
 
 PREPARE_ONE = """
 import json, resource, sys, time
-from fas.data.cache import CropSpec
-from fas.data.folder import FolderSource
+from fas.convention import InputConvention
+from fas.data.sources.folder import FolderSource
 from fas.data.prepare import prepare
 from fas.detect import detector_factory
 from omegaconf import OmegaConf
@@ -46,7 +46,8 @@ settings = OmegaConf.load("configs/detector/yunet.yaml")  # as python train.py d
 settings.model_path = yunet
 detector = detector_factory(settings)
 start = time.perf_counter()
-summary = prepare(FolderSource(root, frames_per_video=frames), output, CropSpec(80, 2.7, "shift"), detector,
+crop = InputConvention(input_size=80, crop_scale=2.7, crop_mode="shift")
+summary = prepare(FolderSource(root, frames_per_video=frames), output, crop, detector,
                   workers=workers, chunk_size=32, progress=False)
 seconds = time.perf_counter() - start
 records = sum(summary.samples.values()) + sum(summary.skipped.values())

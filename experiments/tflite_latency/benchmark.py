@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from fas.export.pipeline import datamodule_for, export_model, export_tflite_model
+from fas.data.datamodule import datamodule_for
+from fas.export.pipeline import export_model, export_tflite_model
 from fas.export.quantize import QuantizationRecipe
 from fas.export.tflite import TfliteRecipe
 from fas.hardware import cpu_info, describe_cpu

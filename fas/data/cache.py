@@ -12,7 +12,8 @@ folder and manifest sources are prepared into one automatically (their faces det
     <cache>/skipped.tsv          every record that could not be cropped, the file at fault, its type and why
     <cache>/chunks/              one result file per finished chunk: what makes a re-run resume
 
-Caches of format version 1 (CelebA-Spoof only, boxes in the 224x224 frame) are still read.
+Caches of format version 1 (CelebA-Spoof only, boxes in the 224x224 frame) and 2 (the crop recorded as
+size/scale/mode/interpolation) are still read.
 
 Why raw uint8 in a memory-mapped .npy rather than re-encoded JPEG shards (WebDataset, LitData):
 spoof cues are high-frequency (moire, halftone, sub-pixel stripes), and a second lossy generation
@@ -30,20 +31,20 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from fas.convention import CROP_MODES, InputConvention
-from fas.data.crop import BB_FRAME, interpolation_flag
+from fas.convention import InputConvention
+from fas.data.crop import BB_FRAME
 from fas.data.sample import DatasetError, Sample
-from fas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 FORMAT = "fas-face-crops"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+# Versions 1 and 2 recorded the crop under these names (`crop.size`, ...); version 3 as `InputConvention`'s.
+OLD_CROP_NAMES = {"size": "input_size", "scale": "crop_scale", "mode": "crop_mode", "interpolation": "interpolation"}
 MANIFEST = "manifest.json"
 SKIPPED = "skipped.tsv"
 SAMPLE_COLUMNS = (
@@ -65,47 +66,12 @@ SAMPLE_COLUMNS = (
 SKIPPED_COLUMNS = ("split", "key", "file", "spoof_type", "reason")
 
 
-@dataclass(frozen=True)
-class CropSpec:
-    """How the cached crops were made: output size, box expansion, crop rule and resampling.
-
-    `interpolation` None means each rule's own (see fas.data.crop.INTERPOLATIONS).
-    """
-
-    size: int = 80
-    scale: float = 2.7
-    mode: str = "shift"
-    interpolation: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "size", int(self.size))
-        object.__setattr__(self, "scale", float(self.scale))
-        if self.mode not in CROP_MODES:
-            raise ConfigError(f"crop mode must be one of {', '.join(CROP_MODES)}, got {self.mode!r}")
-        if self.size < 16 or self.scale <= 0:
-            raise ConfigError(f"crop size must be at least 16 and scale positive, got {self.size} and {self.scale}")
-        interpolation_flag(self.interpolation, 0)
-
-    def convention(self) -> InputConvention:
-        """The crop part of an input convention (colour and normalisation are applied at load time)."""
-        return InputConvention(input_size=self.size, crop_scale=self.scale, crop_mode=self.mode)
-
-    def describe(self) -> str:
-        interpolation = self.interpolation or "the rule's own interpolation"
-        return f"{self.size}x{self.size} crops at scale {self.scale:g} ({self.mode}, {interpolation})"
-
-    def as_data_overrides(self) -> str:
-        interpolation = self.interpolation or "null"
-        return (
-            f"data.input_size={self.size} data.crop_scale={self.scale:g} data.crop_mode={self.mode} "
-            f"data.crop_interpolation={interpolation}"
-        )
-
-    def as_prepare_overrides(self) -> str:
-        interpolation = self.interpolation or "null"
-        return (
-            f"crop.size={self.size} crop.scale={self.scale:g} crop.mode={self.mode} crop.interpolation={interpolation}"
-        )
+def crop_of(manifest: dict[str, Any]) -> InputConvention:
+    """The crop a cache holds, as the crop fields of an input convention (any readable version)."""
+    crop = manifest["crop"]
+    if manifest["version"] < 3:
+        crop = {OLD_CROP_NAMES[key]: value for key, value in crop.items()}
+    return InputConvention(**crop)
 
 
 def manifest_path(cache: Path) -> Path:
@@ -129,13 +95,18 @@ def chunk_path(cache: Path, split: str, index: int) -> Path:
 
 
 def settings(
-    crop: CropSpec, source: dict[str, Any], root: Path, chunk_size: int, rows: dict[str, int], files: dict[str, str]
+    convention: InputConvention,
+    source: dict[str, Any],
+    root: Path,
+    chunk_size: int,
+    rows: dict[str, int],
+    files: dict[str, str],
 ) -> dict:
     """What a cache is made of; a re-run with different settings must not mix into it."""
     return {
         "format": FORMAT,
         "version": VERSION,
-        "crop": asdict(crop),
+        "crop": convention.crop_settings(),
         "source_settings": source,
         "source": str(root),
         "chunk_size": chunk_size,
@@ -170,20 +141,20 @@ def source_settings(manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest["source_settings"]
 
 
-def open_cache(cache: Path, crop: CropSpec, wanted_source: dict[str, Any]) -> dict[str, Any]:
-    """The manifest of a complete cache made with these crop settings and this source's settings.
+def open_cache(cache: Path, convention: InputConvention, wanted_source: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a complete cache made with this convention's crop and this source's settings.
 
     Anything else is refused with the overrides that fit the cache, so the model's recorded input
     convention always describes the crops it was trained on.
     """
     manifest = read_manifest(cache)
     path = manifest_path(cache)
-    made = CropSpec(**manifest["crop"])
-    if made != crop:
+    made = crop_of(manifest)
+    if made.crop_settings() != convention.crop_settings():
         raise DatasetError(
-            f"{path}: the cache holds {made.describe()}, the config asks for {crop.describe()}. "
-            f"Train with {made.as_data_overrides()}, or prepare a matching cache: python -m fas.data.prepare "
-            f"root={manifest['source']} output=<new folder> {crop.as_prepare_overrides()}"
+            f"{path}: the cache holds {made.describe_crop()}, the config asks for {convention.describe_crop()}. "
+            f"Train with {made.crop_overrides()}, or prepare a matching cache: python -m fas.data.prepare "
+            f"root={manifest['source']} output=<new folder> {convention.crop_overrides()}"
         )
     differences = settings_differences(source_settings(manifest), wanted_source)
     if differences:

@@ -18,16 +18,15 @@ import cv2
 import numpy as np
 
 from fas.convention import InputConvention
-from fas.errors import ConfigError
 
 Box = tuple[float, float, float, float]
 
 BB_FRAME = 224  # CelebA-Spoof's _BB.txt coordinates refer to the image resized to 224x224
 
-# Resampling of the crop to the output size. None keeps each rule's own: bilinear for the shift crop
+# `InputConvention.interpolation` -> cv2 flag. None keeps each rule's own: bilinear for the shift crop
 # and the whole image (Silent-Face) and for the pad crop (hairymax), area when shrinking and Lanczos
 # when growing for the letterbox of the reflect crop (suri-liveness).
-INTERPOLATIONS = {
+INTERPOLATION_FLAGS = {
     "nearest": cv2.INTER_NEAREST,
     "linear": cv2.INTER_LINEAR,
     "cubic": cv2.INTER_CUBIC,
@@ -37,19 +36,8 @@ INTERPOLATIONS = {
 
 
 def interpolation_flag(name: str | None, default: int) -> int:
-    """The cv2 flag of an interpolation name; `default` when the name is None."""
-    if name is None:
-        return default
-    if name not in INTERPOLATIONS:
-        raise ConfigError(f"unknown interpolation {name!r}; choose one of {', '.join(INTERPOLATIONS)}, or null")
-    return INTERPOLATIONS[name]
-
-
-def bb224_to_pixels(box_224: Box, width: int, height: int) -> Box:
-    """Map a CelebA-Spoof `_BB.txt` box from the 224x224 frame to the real image size."""
-    x, y, w, h = box_224
-    sx, sy = width / BB_FRAME, height / BB_FRAME
-    return (x * sx, y * sy, w * sx, h * sy)
+    """The cv2 flag of an interpolation name (checked by `InputConvention`); `default` when the name is None."""
+    return default if name is None else INTERPOLATION_FLAGS[name]
 
 
 def shift_crop_box(width: int, height: int, box: Box, scale: float) -> tuple[int, int, int, int]:
@@ -147,11 +135,13 @@ def whole_image(image: np.ndarray, out_size: int, interpolation: str | None = No
     return cv2.resize(image, (out_size, out_size), interpolation=interpolation_flag(interpolation, cv2.INTER_LINEAR))
 
 
-def crop_face(image: np.ndarray, box: Box, convention: InputConvention, interpolation: str | None = None) -> np.ndarray:
-    """Crop a face from an HxWx3 uint8 image with the convention's rule and size.
+def crop_face(image: np.ndarray, box: Box, convention: InputConvention) -> np.ndarray:
+    """Crop a face from an HxWx3 uint8 image with the convention's rule, size and resampling.
 
-    `interpolation` overrides the rule's own resampling (see INTERPOLATIONS); None keeps it.
+    The one crop of fas: the packed training cache, evaluation, export calibration, `fas.predict` and the
+    LiteRT parity checks all come through here.
     """
+    interpolation = convention.interpolation
     if convention.crop_mode == "shift":
         return shift_crop(image, box, convention.crop_scale, convention.input_size, interpolation)
     if convention.crop_mode == "reflect":

@@ -1,238 +1,57 @@
-"""Face-crop datasets and the LightningDataModule of every data config (CelebA-Spoof, folders, manifests, mixes).
+"""The LightningDataModule of every data config: train, validation and test splits over data sources.
 
-The datamodule reads `Sample` records from its sources, whatever their format, and builds the train,
-val and test splits from them: a source's own `train`/`val`/`test` parts where it has them, the
-validation part held out by subject from its training part, and a source without parts split by
-subject into all three (or, for evaluation, wholly the evaluated part). Crops come from the files
-(CelebA-Spoof, checked up front) or from a packed cache: the one `data.cache` names, or, for folder
-and manifest sources, one the datamodule prepares itself so faces are detected and videos decoded once.
+The datamodule reads `Sample` records from its sources (`fas.data.sources`), whatever their format, and
+builds the splits from them: a source's own `train`/`val`/`test` parts where it has them, the validation
+part held out by subject from its training part, and a source without parts split by subject into all
+three (or, for evaluation, wholly the evaluated part). Crops come from the files (checked up front) or
+from a packed cache: the one a source names, or, for folder and manifest sources, one the datamodule
+prepares itself so faces are detected and videos decoded once. Every crop is made by the datamodule's
+`InputConvention` (`fas.data.crop.crop_face`).
 """
 
 from __future__ import annotations
 
-import bisect
-import copy
 import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
+import hydra
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fas.convention import ClassScheme, InputConvention
-from fas.data.cache import (
-    CropSpec,
-    cached_splits,
-    images_path,
-    open_cache,
-    read_cached_split,
-    read_manifest,
-    skipped_path,
+from fas.convention import ClassScheme, InputConvention, ModelInfo
+from fas.data.cache import cached_splits, open_cache, read_cached_split, read_manifest, skipped_path
+from fas.data.datasets import (
+    EpochSeededSampler,
+    FaceCropDataset,
+    PackedCropDataset,
+    SplitDataset,
+    Transform,
+    single_threaded_opencv,
 )
-from fas.data.celeba_spoof import DEFAULT_PROTOCOL, CelebASpoofSource
-from fas.data.crop import normalize
 from fas.data.image_check import check_images
-from fas.data.loading import box_problem, load_crop, pixel_box
-from fas.data.prepare import Source, prepare
+from fas.data.loading import box_problem, pixel_box
+from fas.data.prepare import prepare
 from fas.data.sample import BadSample, DatasetError, Sample, with_targets
+from fas.data.sources import Source
+from fas.detect import detector_factory
 from fas.download import cache_dir
 from fas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-Transform = Callable[..., dict[str, Any]]
 UNSPLIT_RULES = ("split", "test")
 AUTO_CACHE = "auto"
-
-
-def face_item(
-    crop_rgb: np.ndarray,
-    labels: Sequence[int],
-    convention: InputConvention,
-    transform: Transform | None,
-    seed: int | None = None,
-) -> dict[str, Any]:
-    """Augment a crop and build the item dict; `labels` = (target, spoof type, illumination, environment).
-
-    With a `seed` the augmentation is a pure function of (sample, seed), whatever process runs it.
-    """
-    if transform is not None:
-        if seed is not None:
-            transform.set_random_seed(seed)
-        crop_rgb = transform(image=crop_rgb)["image"]
-    target, spoof_type, illumination, environment = (int(v) for v in labels)
-    return {
-        "image": torch.from_numpy(normalize(crop_rgb[..., ::-1], convention)),
-        "target": target,
-        "spoof_type": spoof_type,
-        "illumination": illumination,
-        "environment": environment,
-    }
-
-
-def labels_of(sample: Sample) -> tuple[int, int, int, int]:
-    return (sample.target, sample.spoof_type, sample.illumination, sample.environment)
-
-
-class FaceCropDataset(Dataset):
-    """Reads an image (or video frame), crops the face with the convention's rule, augments, normalises.
-
-    Items are dicts: `image` (3xSxS float), `target` (class index), and the CelebA-Spoof
-    `spoof_type`, `illumination`, `environment` codes for per-condition breakdowns.
-    """
-
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        convention: InputConvention,
-        transform: Transform | None = None,
-        interpolation: str | None = None,
-    ):
-        self.samples = list(samples)
-        self.convention = convention
-        self.transform = transform
-        self.interpolation = interpolation
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def load_crop(self, index: int) -> np.ndarray:
-        """The face crop as HxWx3 uint8 RGB, before augmentation."""
-        return load_crop(self.samples[index], self.convention, self.interpolation)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        return face_item(self.load_crop(index), labels_of(self.samples[index]), self.convention, self.transform, seed)
-
-
-class PackedCropDataset(Dataset):
-    """Ready-made crops from a packed cache (fas/data/cache.py); items as FaceCropDataset's.
-
-    Per-sample data lives in numpy arrays, not Python objects, so forked loader workers share it
-    instead of copying it page by page; each worker maps the image arrays on first use.
-    """
-
-    def __init__(self, cache: Path, samples: Sequence[Sample], convention: InputConvention, transform=None):
-        self.arrays = sorted({s.split or "all" for s in samples})
-        self.paths = [images_path(cache, split) for split in self.arrays]
-        self.array_of = np.array([self.arrays.index(s.split or "all") for s in samples], np.int64)
-        self.rows = np.array([s.cache_row for s in samples], np.int64)
-        self.labels = np.array([labels_of(s) for s in samples], np.int64)
-        self.convention = convention
-        self.transform = transform
-        self._images: list[np.ndarray] | None = None
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_images": None}  # workers map the files themselves; never pickle the pixels
-
-    def load_crop(self, index: int) -> np.ndarray:
-        if self._images is None:
-            self._images = [np.load(path, mmap_mode="r") for path in self.paths]
-        return np.array(self._images[self.array_of[index]][self.rows[index]])
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        return face_item(self.load_crop(index), self.labels[index], self.convention, self.transform, seed)
-
-
-class SplitDataset(Dataset):
-    """One split over every source: the items of each source's dataset in turn, with the source's index
-    (`source`) for per-source metrics. `transform` sets the augmentation of every part."""
-
-    def __init__(self, parts: Sequence[tuple[int, Dataset]]) -> None:
-        self.parts = list(parts)
-        self.offsets = np.cumsum([0] + [len(dataset) for _, dataset in self.parts]).tolist()
-
-    def __len__(self) -> int:
-        return self.offsets[-1]
-
-    @property
-    def transform(self) -> Transform | None:
-        return self.parts[0][1].transform if self.parts else None
-
-    @transform.setter
-    def transform(self, transform: Transform | None) -> None:
-        for _, dataset in self.parts:
-            dataset.transform = transform
-
-    def without_augmentation(self) -> SplitDataset:
-        """The same items, unaugmented (calibration and parity crops), leaving this dataset as it is."""
-        parts = [(source, copy.copy(dataset)) for source, dataset in self.parts]
-        for _, dataset in parts:
-            dataset.transform = None
-        return SplitDataset(parts)
-
-    def source_of(self, index: int) -> int:
-        return self.parts[bisect.bisect_right(self.offsets, index) - 1][0]
-
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        part = bisect.bisect_right(self.offsets, index) - 1
-        source, dataset = self.parts[part]
-        local = index - self.offsets[part]
-        return {**dataset[(local, seed) if seed is not None else local], "source": source}
-
-
-def single_threaded_opencv(worker_id: int) -> None:
-    """Loader workers are the parallelism: each worker's own OpenCV thread pool (one thread per core)
-    only oversubscribes the CPU. 0 turns it off; 1 can hang a forked worker whose parent had used the
-    pool (experiments/gpu_train_throughput: +20-55% images/s with 12 workers on 16 cores)."""
-    cv2.setNumThreads(0)
-
-
-class EpochSeededSampler(Sampler[tuple[int, int]]):
-    """Training order and augmentation seeds as a pure function of (seed, epoch): `(index, sample_seed)` pairs.
-
-    Lightning calls `set_epoch` every epoch, so a run resumed from a checkpoint replays exactly the
-    order and augmentations an uninterrupted run would have seen, with any number of loader workers.
-    It starts at `epoch`: Lightning creates the first iterator before its first `set_epoch`, and loader
-    workers prefetch from it at once, so a sampler created at epoch 0 would feed a resumed run the
-    first batches (with persistent workers, the whole first epoch) in epoch 0's order.
-    With `weights` (one per sample: its source's sampling weight) an epoch draws as many samples as
-    there are, with replacement, each with probability proportional to its weight.
-    Under torch.distributed each rank takes every world-size-th pair of the same permutation (padded
-    to equal length), which is why `trainer=ddp` sets `use_distributed_sampler: false`.
-    """
-
-    def __init__(self, size: int, seed: int, epoch: int = 0, weights: Sequence[float] | None = None) -> None:
-        self.size = size
-        self.seed = seed
-        self.epoch = epoch
-        self.weights = torch.as_tensor(weights, dtype=torch.float64) if weights is not None else None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _world(self) -> tuple[int, int]:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-
-    def __len__(self) -> int:
-        return -(-self.size // self._world()[1])
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        if self.weights is None:
-            order = torch.randperm(self.size, generator=generator)
-        else:
-            order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
-        seeds = torch.randint(0, 2**31 - 1, (self.size,), generator=generator)
-        rank, world = self._world()
-        padded = torch.cat([order, order[: len(self) * world - self.size]])
-        for position in range(rank, len(padded), world):
-            index = int(padded[position])
-            yield index, int(seeds[index])
+# The data configs' one-key shortcuts into their sources (`data.root=...`, `data.synthetic=null`): the YAML
+# interpolates them into `sources`; they are not settings of the datamodule.
+SOURCE_SHORTCUTS = ("root", "manifest", "protocol", "cache", "synthetic")
 
 
 def split_by_subject(samples: Sequence[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -251,36 +70,23 @@ def split_by_subject(samples: Sequence[Sample], val_fraction: float, seed: int) 
 
 
 class FaceDataModule(L.LightningDataModule):
-    """Train, validation and test splits over one or more data sources.
+    """Train, validation and test splits over one or more data sources, cropped by one input convention.
 
-    `sources` maps names to sources (`configs/source/`: CelebA-Spoof, folder, manifest). Without it,
-    `root` (with `protocol`, `cache`, `synthetic`) is one CelebA-Spoof-layout source, as `data=celeba_spoof`,
-    `data=celeba_spoof_packed` and `data=synthetic` configure it. (`data=folder` and `data=manifest` pass
-    their `root` / `manifest` on to their source; `manifest` is not read here.) `held_out` names a source that is
-    tested on whole and not trained on (leave-one-dataset-out). `unsplit` says what becomes of a source
-    without train/test parts: `split` by subject into all three (training), or `test` whole (evaluation).
-    `detector` builds the face detector for sources whose records lack boxes; `prepared_dir` is where
-    their automatic caches go.
+    `sources` maps names to sources (`configs/source/`: CelebA-Spoof, folder, manifest); a source takes the
+    name it is given here. `held_out` names a source that is tested on whole and not trained on
+    (leave-one-dataset-out). `unsplit` says what becomes of a source without train/test parts: `split` by
+    subject into all three (training), or `test` whole (evaluation). `detector` builds the face detector
+    for sources whose records lack boxes; `prepared_dir` is where their automatic caches go.
     """
 
     def __init__(
         self,
-        root: str | None,
+        sources: dict[str, Source],
         class_scheme: ClassScheme,
-        sources: dict[str, Source] | None = None,
-        manifest: str | None = None,
-        input_size: int = 80,
-        crop_scale: float = 2.7,
-        crop_mode: str = "shift",
-        crop_interpolation: str | None = None,
-        color_order: str = "rgb",
-        pixel_scale: float = 1.0 / 255.0,
-        mean: Sequence[float] = (0.0, 0.0, 0.0),
-        std: Sequence[float] = (1.0, 1.0, 1.0),
+        convention: InputConvention | None = None,
         batch_size: int = 64,
         eval_batch_size: int = 256,
         num_workers: int = 0,
-        protocol: str = DEFAULT_PROTOCOL,
         val_fraction: float = 0.15,
         test_fraction: float = 0.2,
         unsplit: str = "split",
@@ -291,40 +97,23 @@ class FaceDataModule(L.LightningDataModule):
         check_images: bool = True,
         bad_samples_dir: str | None = None,
         train_transform: Transform | None = None,
-        synthetic: dict[str, Any] | None = None,
-        cache: str | None = None,
         detector: Callable[[], Any] | None = None,
         prepared_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if sources is None:
-            if root is None and cache is None:
-                raise ConfigError(
-                    "Neither data.root nor data.cache is set: pass data.cache=<folder made by python -m "
-                    "fas.data.prepare>, or data=celeba_spoof data.root=/path/to/CelebA_Spoof"
-                )
-            sources = {"celeba_spoof": CelebASpoofSource(root, protocol, cache=cache, synthetic=synthetic)}
         if not sources:
             raise ConfigError("data.sources is empty: give at least one data source")
         if unsplit not in UNSPLIT_RULES:
             raise ConfigError(f"data.unsplit={unsplit!r}: choose one of {', '.join(UNSPLIT_RULES)}")
         if held_out is not None and held_out not in sources:
             raise ConfigError(f"data.held_out={held_out!r} is not one of the sources: {', '.join(sources)}")
-        self.sources = dict(sources)
-        for name, source in self.sources.items():
-            source.name = name
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"data.{key}={value!r}: give a positive whole number of samples")
+        self.sources = {name: source.renamed(name) for name, source in sources.items()}
         self.source_names = list(self.sources)
         self.class_scheme = class_scheme
-        self.convention = InputConvention(
-            input_size=input_size,
-            color_order=color_order,
-            pixel_scale=pixel_scale,
-            mean=tuple(mean),
-            std=tuple(std),
-            crop_scale=crop_scale,
-            crop_mode=crop_mode,
-        )
-        self.crop = CropSpec(input_size, crop_scale, crop_mode, crop_interpolation)
+        self.convention = convention or InputConvention()
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -343,20 +132,17 @@ class FaceDataModule(L.LightningDataModule):
         self.samples: dict[str, list[Sample]] = {}
         self.splits: dict[str, SplitDataset] = {}
 
-    @property
-    def root(self) -> Path | None:
-        """The root of the first source (what reports name as the data)."""
-        return getattr(next(iter(self.sources.values())), "root", None)
-
     def describe(self) -> str:
         """The sources, for reports: `name (root)` each."""
-        return ", ".join(f"{name} ({getattr(s, 'root', '?')})" for name, s in self.sources.items())
+        return ", ".join(source.describe() for source in self.sources.values())
 
     def prepare_data(self) -> None:
         for source in self.sources.values():
             cache = self.cache_of(source)
-            if cache is not None and not getattr(source, "prepared_by_datamodule", False):
-                open_cache(cache, self.crop, source.settings())  # made by `python -m fas.data.prepare`: it must fit
+            if cache is not None and not source.prepared_by_datamodule:
+                open_cache(
+                    cache, self.convention, source.settings()
+                )  # made by `python -m fas.data.prepare`: it must fit
             else:
                 source.prepare()
                 if cache is not None:
@@ -364,15 +150,15 @@ class FaceDataModule(L.LightningDataModule):
 
     def cache_of(self, source: Source) -> Path | None:
         """The packed cache a source's crops are read from: its `cache` path, an automatic one, or None (files)."""
-        cache = getattr(source, "cache", None)
-        if cache is None:
+        if source.cache is None:
             return None
-        if str(cache) != AUTO_CACHE:
-            return Path(cache)
-        identity = json.dumps({"source": source.settings(), "crop": self.crop.__dict__}, sort_keys=True, default=str)
+        if str(source.cache) != AUTO_CACHE:
+            return Path(source.cache)
+        crop = self.convention.crop_settings()
+        identity = json.dumps({"source": source.settings(), "crop": crop}, sort_keys=True, default=str)
         digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
         base = self.prepared_dir or cache_dir() / "prepared"
-        return base / f"{source.name}-{self.crop.size}px-{digest}"
+        return base / f"{source.name}-{self.convention.input_size}px-{digest}"
 
     def prepare_cache(self, source: Source, cache: Path) -> None:
         """Make (or finish, or refresh) the automatic cache of a folder or manifest source. The faces found
@@ -387,7 +173,7 @@ class FaceDataModule(L.LightningDataModule):
         identity = json.dumps([source.settings(), source.fingerprint(), repr(self.detector)], sort_keys=True)
         faces = cache.parent / f"{source.name}-faces-{hashlib.sha256(identity.encode()).hexdigest()[:12]}.tsv"
         workers = max(1, self.num_workers)
-        summary = prepare(source, cache, self.crop, self.detector, workers=workers, progress=False, faces=faces)
+        summary = prepare(source, cache, self.convention, self.detector, workers=workers, progress=False, faces=faces)
         log.info("%s", summary)
 
     def setup(self, stage: str | None = None) -> None:
@@ -420,7 +206,7 @@ class FaceDataModule(L.LightningDataModule):
         """The usable samples of a source: from its packed cache, or from its files (checked up front)."""
         cache = self.cache_of(source)
         if cache is not None:
-            manifest = open_cache(cache, self.crop, source.settings())
+            manifest = open_cache(cache, self.convention, source.settings())
             log.info("Reading %s's crops from the cache %s (prepared from %s)", source.name, cache, manifest["source"])
             skipped = sum(c["skipped"] for c in manifest["counts"].values())
             if skipped:
@@ -468,7 +254,7 @@ class FaceDataModule(L.LightningDataModule):
         cache = self.cache_of(source)
         if cache is not None:
             return PackedCropDataset(cache, samples, self.convention)
-        return FaceCropDataset(samples, self.convention, None, self.crop.interpolation)
+        return FaceCropDataset(samples, self.convention)
 
     def decodable(self, source: Source, samples: list[Sample]) -> tuple[list[Sample], list[BadSample]]:
         """Split samples into those whose image decodes and holds the face box, and the others with why."""
@@ -508,7 +294,7 @@ class FaceDataModule(L.LightningDataModule):
 
     def source_weights(self) -> list[float] | None:
         """Each training sample's sampling weight (its source's), or None when every source weighs the same."""
-        weights = {index: float(getattr(source, "weight", 1.0)) for index, source in enumerate(self.sources.values())}
+        weights = {index: source.weight for index, source in enumerate(self.sources.values())}
         if len(set(weights.values())) <= 1:
             return None
         return [weights[source] for source, dataset in self.splits["train"].parts for _ in range(len(dataset))]
@@ -546,3 +332,35 @@ def count_by_split(bad: Sequence[BadSample]) -> dict[str, int]:
     for b in bad:
         counts[b.split or "all"] = counts.get(b.split or "all", 0) + 1
     return counts
+
+
+def instantiate_datamodule(
+    data_cfg: DictConfig | dict, settings: dict[str, Any] | None = None, **objects: Any
+) -> FaceDataModule:
+    """The datamodule of a data config (`configs/data/`): its source shortcuts dropped, `settings` (config
+    values, e.g. another convention) replacing the config's, `objects` (e.g. the detector factory) passed on."""
+    data = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else dict(data_cfg)
+    for key in SOURCE_SHORTCUTS:
+        data.pop(key, None)
+    data.update(settings or {})
+    return hydra.utils.instantiate(OmegaConf.create(data), **objects)
+
+
+def datamodule_for(
+    data_cfg: DictConfig,
+    info: ModelInfo,
+    detector_cfg: DictConfig | None = None,
+    class_scheme: ClassScheme | None = None,
+) -> FaceDataModule:
+    """The data config's data cropped with a model's recorded input convention and labelled by its class
+    scheme (or `class_scheme`), without augmentation: what evaluation and export score a model on.
+
+    The scheme replaces the config's whole (a merge would keep spoof types the model has no class for).
+    """
+    scheme = class_scheme or info.class_scheme
+    settings = {
+        "convention": {"_target_": "fas.convention.InputConvention", **info.convention.to_dict()},
+        "class_scheme": {"_target_": "fas.convention.ClassScheme", **scheme.to_dict()},
+        "train_transform": None,
+    }
+    return instantiate_datamodule(data_cfg, settings, detector=detector_factory(detector_cfg))

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import cv2
 
-from fas.data.media import read_image
-from fas.data.sample import SampleError
+from fas.media import MediaError, read_image
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ class ImageCheck:
 def check_one(path: Path) -> ImageCheck:
     try:
         image = read_image(path)
-    except SampleError as error:
+    except MediaError as error:
         return ImageCheck(reason=error.reason)
     height, width = image.shape[:2]
     return ImageCheck(width, height)

@@ -11,8 +11,8 @@ import numpy as np
 
 from fas.convention import InputConvention
 from fas.data.crop import Box, crop_face, is_valid_box
-from fas.data.media import read_frames, read_image
 from fas.data.sample import Sample, SampleError
+from fas.media import MediaError, read_frames, read_image
 
 
 def pixel_box(sample: Sample, width: int, height: int) -> Box:
@@ -39,14 +39,12 @@ def read_sample_image(sample: Sample) -> np.ndarray:
     if sample.frame is None:
         return read_image(sample.path)
     ((_, image),) = read_frames(sample.path, [sample.frame])
-    if isinstance(image, SampleError):
+    if isinstance(image, MediaError):
         raise image
     return image
 
 
-def crop_from(
-    image_bgr: np.ndarray, sample: Sample, convention: InputConvention, interpolation: str | None = None
-) -> np.ndarray:
+def crop_from(image_bgr: np.ndarray, sample: Sample, convention: InputConvention) -> np.ndarray:
     """The face crop of a sample from its already read image, as HxWx3 uint8 RGB (SampleError if unusable)."""
     height, width = image_bgr.shape[:2]
     box = pixel_box(sample, width, height)
@@ -54,12 +52,12 @@ def crop_from(
     if problem:
         raise SampleError(sample.path, problem)
     try:
-        crop = crop_face(image_bgr, box, convention, interpolation)
+        crop = crop_face(image_bgr, box, convention)
     except (cv2.error, ValueError) as error:
         raise SampleError(sample.path, f"crop failed ({str(error).strip().splitlines()[-1]})") from None
     return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
 
 
-def load_crop(sample: Sample, convention: InputConvention, interpolation: str | None = None) -> np.ndarray:
-    """The face crop of a sample as HxWx3 uint8 RGB, before augmentation (SampleError if unusable)."""
-    return crop_from(read_sample_image(sample), sample, convention, interpolation)
+def load_crop(sample: Sample, convention: InputConvention) -> np.ndarray:
+    """The face crop of a sample as HxWx3 uint8 RGB, before augmentation (MediaError if unusable)."""
+    return crop_from(read_sample_image(sample), sample, convention)

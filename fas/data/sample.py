@@ -22,6 +22,7 @@ from pathlib import Path
 from fas.convention import ClassScheme
 from fas.data.crop import Box
 from fas.errors import FasError
+from fas.media import MediaError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ LABEL_NAMES = {
     **dict.fromkeys(("mobile", "smartphone"), 9),
     "3d": 10,
 }
+# CelebA-Spoof's illumination and environment codes (label indices 41 and 42); other sources record 0.
+ILLUMINATIONS = {0: "live", 1: "normal", 2: "strong", 3: "back", 4: "dark"}
+ENVIRONMENTS = {0: "live", 1: "indoor", 2: "outdoor"}
 SPOOF_TYPE_LIST = ", ".join(f"{number} {name}" for number, name in SPOOF_TYPES.items())
 SPLITS = ("train", "val", "test")
 
@@ -64,13 +68,9 @@ class DatasetError(FasError, ValueError):
     """A dataset problem the user must fix; the message names the file and the fix."""
 
 
-class SampleError(DatasetError):
-    """One sample cannot be used: `path` is the file at fault, `reason` says why (listed in bad-sample files)."""
-
-    def __init__(self, path: Path, reason: str, fix: str = "") -> None:
-        super().__init__(f"{path}: {reason}" + (f"; {fix}" if fix else ""))
-        self.path = Path(path)
-        self.reason = reason
+class SampleError(MediaError, DatasetError):
+    """One sample cannot be used: `path` is the file at fault, `reason` says why (listed in bad-sample files).
+    A file that cannot be read raises the `MediaError` this derives from; handlers catch that."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +97,6 @@ class Sample:
     environment: int = 0
     target: int | None = None
     cache_row: int | None = None
-
-    @property
-    def is_video_frame(self) -> bool:
-        return self.frame is not None
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
-"""Checkpoint -> `model.onnx` (FP32, rewritten for CPU) -> `model_int8.onnx` -> parity and cost report.
+"""Checkpoint -> `model.onnx` (FP32, rewritten for CPU) -> `model_int8.onnx` -> parity and cost report, and
+the same for LiteRT (`model.tflite`, `model_int8.tflite`).
 
-`export_model` is the one code path behind the end-of-training callback (`fas.export.callback`) and
-`python export.py ckpt_path=...` (`export`). Models are loaded with `load_backend`, so any format it
-reads as a PyTorch model can be exported. Calibration crops are a seeded sample of the training split
+`write_onnx` and `write_tflite` are the exporters of the format table (`fas.formats`), the one code path
+behind the end-of-training callback (`fas.export.callback`) and `python export.py ckpt_path=...`
+(`export`). Models are loaded with `load_backend`, so any format it reads as a PyTorch model can be
+exported. Calibration crops are a seeded sample of the training split
 and parity is measured on the test split, both cropped and normalised with the model's own input
 convention and without augmentation.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +22,20 @@ import hydra
 import numpy as np
 import onnx
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fas.convention import ModelInfo
-from fas.data.datamodule import FaceDataModule
-from fas.detect import detector_factory
-from fas.errors import ConfigError, FasError
+from fas.data.datamodule import FaceDataModule, datamodule_for
+from fas.errors import FasError
 from fas.export import tflite
 from fas.export.onnx import export_onnx
 from fas.export.parity import INT8_ACCURACY_BUDGET, LabelledImages, parity, write_report
 from fas.export.quantize import QuantizationRecipe, quantize
 from fas.export.rewrite import optimize_for_cpu
 from fas.export.tflite import TfliteRecipe
+from fas.formats import parse_formats
+from fas.hydra_utils import named_convention
 from fas.inference.backends import TorchBackend, load_backend
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,16 @@ CALIBRATION_SEED = 0
 
 class ExportError(FasError, RuntimeError):
     """The model cannot be exported, or its export does not match it."""
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What the exporters write: the ONNX INT8 recipe (`configs/quantization/`), the LiteRT one
+    (`configs/tflite/`) and whether the ONNX graph is rewritten for CPU."""
+
+    quantization: QuantizationRecipe = field(default_factory=QuantizationRecipe)
+    tflite: TfliteRecipe = field(default_factory=TfliteRecipe)
+    optimize: bool = True
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,28 @@ def export_model(
     int8 = quantize(fp32, directory / INT8_NAME, recipe, calibration)
     settings = {"optimize": optimize, "quantization": recipe.to_dict()}
     return finish_export(model_path, backend, datamodule, fp32, int8, settings, start, "report")
+
+
+def write_onnx(
+    model_path: str | Path,
+    output_dir: str | Path,
+    datamodule: FaceDataModule,
+    settings: ExportSettings,
+    convention: str | None = None,
+) -> ExportResult:
+    """The `onnx` format's exporter (`fas.formats`)."""
+    return export_model(model_path, output_dir, settings.quantization, datamodule, settings.optimize, convention)
+
+
+def write_tflite(
+    model_path: str | Path,
+    output_dir: str | Path,
+    datamodule: FaceDataModule,
+    settings: ExportSettings,
+    convention: str | None = None,
+) -> ExportResult:
+    """The `tflite` format's exporter (`fas.formats`)."""
+    return export_tflite_model(model_path, output_dir, settings.tflite, datamodule, convention)
 
 
 def export_tflite_model(
@@ -168,7 +203,7 @@ def check_data_fits(info: ModelInfo, datamodule: FaceDataModule, model_path: str
         raise ExportError(
             f"{model_path}: the data module crops with {datamodule.convention} and scheme "
             f"'{datamodule.class_scheme.name}', but the model expects {info.convention} and "
-            f"'{info.class_scheme.name}'; build the data module with `datamodule_for(data_cfg, info)`"
+            f"'{info.class_scheme.name}'; build the data module with `fas.data.datamodule.datamodule_for`"
         )
 
 
@@ -215,47 +250,18 @@ def labelled_images(dataset: Dataset) -> LabelledImages:
     return LabelledImages(np.concatenate(images).astype(np.float32), np.concatenate(targets))
 
 
-def datamodule_for(data_cfg: DictConfig, info: ModelInfo, detector_cfg: DictConfig | None = None) -> FaceDataModule:
-    """The data config's dataset, cropped and labelled the way the model expects, without augmentation.
-
-    The model's class scheme replaces the config's (a merge would keep spoof types the model has no class for).
-    """
-    data = OmegaConf.to_container(data_cfg, resolve=True)
-    convention = info.convention.to_dict()
-    data.update(
-        {key: convention[key] for key in ("input_size", "crop_scale", "crop_mode", "color_order", "pixel_scale")}
-    )
-    data.update(mean=list(convention["mean"]), std=list(convention["std"]), train_transform=None)
-    data["class_scheme"] = {"_target_": "fas.convention.ClassScheme", **info.class_scheme.to_dict()}
-    return hydra.utils.instantiate(OmegaConf.create(data), detector=detector_factory(detector_cfg))
-
-
 def export(cfg: DictConfig) -> ExportResult:
     """`python export.py ckpt_path=... [format=onnx|tflite|[onnx,tflite]]`: the datamodule follows the
     checkpoint's convention. Returns the result of the last format written."""
-    formats = export_formats(cfg.get("format", "onnx"))
-    convention = cfg.get("convention")
+    formats = parse_formats(cfg.get("format", "onnx"))
+    convention = named_convention(cfg)
     info = load_backend(cfg.ckpt_path, convention=convention).info
     output_dir = Path(cfg.paths.output_dir) / "export"
     datamodule = datamodule_for(cfg.data, info, cfg.get("detector"))
-    for kind in formats:
-        if kind == "onnx":
-            recipe: QuantizationRecipe = hydra.utils.instantiate(cfg.quantization)
-            result = export_model(cfg.ckpt_path, output_dir, recipe, datamodule, cfg.optimize, convention)
-        else:
-            tflite_recipe: TfliteRecipe = hydra.utils.instantiate(cfg.tflite)
-            result = export_tflite_model(cfg.ckpt_path, output_dir, tflite_recipe, datamodule, convention)
+    settings = ExportSettings(
+        hydra.utils.instantiate(cfg.quantization), hydra.utils.instantiate(cfg.tflite), cfg.optimize
+    )
+    for model_format in formats:
+        result = model_format.export_function()(cfg.ckpt_path, output_dir, datamodule, settings, convention)
         log.info("Exported %s", result.summary())
     return result
-
-
-FORMATS = ("onnx", "tflite")
-
-
-def export_formats(value: Any) -> list[str]:
-    """`onnx`, `tflite` or a list of them -> the list, checked."""
-    formats = [value] if isinstance(value, str) else list(value)
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise ConfigError(f"format={value}: choose onnx, tflite or [onnx,tflite]")
-    return formats

@@ -12,7 +12,7 @@
   noise is the same high-frequency texture they detect (`experiments/int8_fidelity`).
 - `dynamic`: weights only, activation ranges measured per inference (ConvInteger +
   DynamicQuantizeLinear), as in the published suri-liveness INT8 file; no calibration data, but
-  slower than FP32 on CPU (DESIGN.md).
+  slower than FP32 on CPU (experiments/export_latency).
 - `none`: FP32 only.
 
 The quantized file is then compacted without changing any value (`compact`).
@@ -46,6 +46,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from fas.errors import ConfigError
+from fas.export.layers import is_high_resolution
 from fas.export.onnx import INPUT_NAME, quiet_loggers
 
 METHODS = ("static", "dynamic", "none")
@@ -158,7 +159,7 @@ def name_nodes_up_to_stride(path: Path, float_stride: int) -> list[str]:
         node.name = node.name or f"node_{index}"
         dims = shapes.get(node.output[0])
         side = dims[-1].dim_value if dims is not None and len(dims) == 4 else 0
-        if float_stride and input_side and side and input_side / side <= float_stride:
+        if is_high_resolution(input_side, side, float_stride):
             chosen.append(node.name)
     onnx.save_model(model, str(path))
     return chosen

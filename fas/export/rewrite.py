@@ -5,8 +5,9 @@ single thread, batch 1) shows where the time goes, and each rewrite below remove
 
 - `PRelu` runs as a slow broadcasting element-wise kernel (43% of the graph's time) and cannot join
   ORT's blocked NCHWc layout, so every PRelu also costs a reorder out of and back into that layout.
-  `prelu_to_relu` writes it with ops ORT fuses: PRelu(y) = y + Relu((a - 1) * y) when every slope
-  a <= 1 (the scale is a 1x1 depthwise Conv), else y + (1 - a) * Relu(-y).
+  `prelu_to_relu` writes it with ops ORT fuses (`fas.export.layers.prelu_decomposition`):
+  PRelu(y) = y + Relu((a - 1) * y) when every slope a <= 1 (the scale is a 1x1 depthwise Conv),
+  else y + (1 - a) * Relu(-y).
 - ORT keeps a convolution in NCHWc only when its channel counts are multiples of the block size
   (16 with AVX-512); MiniFASNet's pruned widths (13, 103, 231, 77, ...) break the layout at every
   block. `pad_channels` pads those internal widths with zero filters; the padded channels stay exactly
@@ -25,6 +26,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
+
+from fas.export.layers import prelu_decomposition
 
 NCHWC_BLOCK = 16  # ORT's NCHWc block with AVX-512 (8 with AVX2, which 16 also satisfies)
 ACTIVATIONS = ("PRelu", "Relu", "LeakyRelu")
@@ -329,24 +332,17 @@ def scale_channels(graph: Graph, source: str, scale: np.ndarray, output: str) ->
 
 
 def prelu_replacement(graph: Graph, node: onnx.NodeProto, slope: np.ndarray) -> list[onnx.NodeProto]:
+    """Relu, 1x1 depthwise Conv and Add in place of a PRelu (`fas.export.layers.prelu_decomposition`)."""
     source, (output,) = node.input[0], node.output
     if np.all(slope == slope.flat[0]):
         return [helper.make_node("LeakyRelu", [source], [output], alpha=float(slope.flat[0]))]
-    scaled, rectified = f"{output}.scaled", f"{output}.relu"
-    if np.all(slope <= 1):
-        # a <= 1: for y > 0, (a - 1) y <= 0 so the Relu term vanishes; for y < 0 it adds (a - 1) y.
-        return [
-            scale_channels(graph, source, slope - 1, scaled),
-            helper.make_node("Relu", [scaled], [rectified]),
-            helper.make_node("Add", [source, rectified], [output]),
-        ]
-    negated, weighted = f"{output}.neg", f"{output}.weighted"
-    return [
-        scale_channels(graph, source, -np.ones_like(slope), negated),
-        helper.make_node("Relu", [negated], [rectified]),
-        scale_channels(graph, rectified, 1 - slope, weighted),
-        helper.make_node("Add", [source, weighted], [output]),
-    ]
+    inner, outer = prelu_decomposition(slope)
+    scaled, rectified, weighted = f"{output}.scaled", f"{output}.relu", f"{output}.weighted"
+    nodes = [scale_channels(graph, source, inner, scaled), helper.make_node("Relu", [scaled], [rectified])]
+    if outer is not None:
+        nodes.append(scale_channels(graph, rectified, outer, weighted))
+    nodes.append(helper.make_node("Add", [source, weighted if outer is not None else rectified], [output]))
+    return nodes
 
 
 def prelu_to_relu(model: onnx.ModelProto) -> onnx.ModelProto:

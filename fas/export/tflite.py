@@ -15,9 +15,8 @@ the ONNX recipe: activation ranges are the calibration crops' global min and max
 default, a moving average of per-crop extremes, clips the outliers: even 16-bit activations agreed on only
 86%), and the high-resolution blocks stay float (`float_stride`, the ONNX recipe's rule per top-level block).
 
-Both files carry the same metadata as our ONNX exports (`ModelInfo.to_properties`, in the flatbuffer's
-`metadata` table) plus `fas.layout` (`nhwc`) and `fas.output` (`logits`, or `probabilities` when the
-softmax is in the graph), so `fas.inference.backends.load_backend` reads them like ONNX files.
+Both files carry the same metadata as our ONNX exports (`fas.inference.tflite_file`), so
+`fas.inference.backends.load_backend` reads them like ONNX files.
 
 litert-torch and ai-edge-litert are the optional `mobile` extra; without them every entry point says
 in one line how to install it.
@@ -27,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
 import io
 import logging
 import os
@@ -43,27 +41,13 @@ import torch
 from torch import nn
 
 from fas.convention import ModelInfo
-from fas.errors import ConfigError, FasError
+from fas.errors import ConfigError
+from fas.export.layers import is_high_resolution, prelu_decomposition
+from fas.inference.tflite_file import OUTPUT_KEY, TfliteError, read_metadata, require, write_metadata
 
 log = logging.getLogger(__name__)
 
-MOBILE_EXTRA = "pip install -e '.[mobile]' && pip install 'typing-extensions>=4.14'"
-LAYOUT_KEY, OUTPUT_KEY = "fas.layout", "fas.output"
 APP_SCALES = {2.7: "2_7", 4.0: "4_0"}  # the crop scales of the app's two files: spoof_model_scale_<scale>.tflite
-
-
-class TfliteError(FasError, RuntimeError):
-    """A LiteRT file cannot be written or read (or the mobile extra is missing)."""
-
-
-def require(module: str) -> Any:
-    """Import a module of the mobile extra, or say in one line how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise TfliteError(
-            f"LiteRT (.tflite) files need the mobile extra, which is not installed: {MOBILE_EXTRA}"
-        ) from None
 
 
 @dataclass(frozen=True)
@@ -128,29 +112,36 @@ def export_fp32(backbone: nn.Module, info: ModelInfo, path: str | Path, softmax:
 
 
 class PReluAsConvs(nn.Module):
-    """PReLU written as `x + (1 - a) * relu(-x)`, the negation and the scaling as 1x1 depthwise convolutions.
+    """PReLU as `x + outer * relu(inner * x)`, the scales as 1x1 depthwise convolutions
+    (`fas.export.layers.prelu_decomposition`, the ONNX export's rewrite too).
 
     litert-torch lowers PReLU to `relu(x) - a * relu(-x)`: in an INT8 graph that per-channel MUL and the
     SUB around it fall outside XNNPACK's integer kernels, so each of MiniFASNet's 33 PReLUs splits the
     graph and runs on reference kernels (MiniFASNetV2-80 INT8: 4.1 ms, slower than FP32's 1.1 ms, on an
-    Intel Xeon with AVX-512). Convolutions, RELU and ADD stay in XNNPACK: 0.86 ms. Exact in real
-    arithmetic for any slope (1.7e-6 max logit difference in float32).
+    Intel Xeon with AVX-512). Convolutions, RELU and ADD stay in XNNPACK: 0.86 ms.
     """
 
     def __init__(self, prelu: nn.PReLU) -> None:
         super().__init__()
         slope = prelu.weight.detach().reshape(-1)
-        channels = slope.numel() if slope.numel() > 1 else None
-        if channels is None:
+        if slope.numel() < 2:
             raise ValueError("PReluAsConvs needs a per-channel PReLU")
-        self.negate = nn.Conv2d(channels, channels, 1, groups=channels, bias=False)
-        self.scale = nn.Conv2d(channels, channels, 1, groups=channels, bias=False)
-        with torch.no_grad():
-            self.negate.weight.fill_(-1.0)
-            self.scale.weight.copy_((1.0 - slope).reshape(channels, 1, 1, 1))
+        inner, outer = prelu_decomposition(slope.numpy())
+        self.inner = depthwise_scale(inner)
+        self.outer = depthwise_scale(outer) if outer is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.scale(torch.relu(self.negate(x)))
+        rectified = torch.relu(self.inner(x))
+        return x + (self.outer(rectified) if self.outer is not None else rectified)
+
+
+def depthwise_scale(scale: np.ndarray) -> nn.Conv2d:
+    """A 1x1 depthwise convolution multiplying channel c by scale[c]."""
+    channels = scale.size
+    conv = nn.Conv2d(channels, channels, 1, groups=channels, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(scale).reshape(channels, 1, 1, 1))
+    return conv
 
 
 def prelu_as_convs(module: nn.Module) -> nn.Module:
@@ -179,7 +170,7 @@ def high_resolution_scopes(backbone: nn.Module, input_size: int, float_stride: i
     return [
         rf"\.{re.escape(type(children[name]).__name__)}_{re.escape(name)}/"
         for name, side in sides.items()
-        if side and input_size / side <= float_stride
+        if is_high_resolution(input_size, side, float_stride)
     ]
 
 
@@ -253,55 +244,3 @@ def float_operations(path: str | Path) -> int:
         op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D") and tensors[op["inputs"][0]]["dtype"] == np.float32
         for op in interpreter._get_ops_details()
     )
-
-
-def write_metadata(path: Path, info: ModelInfo, softmax: bool) -> None:
-    """Put the model's `ModelInfo` properties, its layout and output kind into the file's metadata table."""
-    flatbuffer = require("ai_edge_litert.tools.flatbuffer_utils")
-    schema = require("ai_edge_litert.schema_py_generated")
-    model = flatbuffer.read_model_from_bytearray(bytearray(Path(path).read_bytes()))
-    properties = {**info.to_properties(), LAYOUT_KEY: "nhwc", OUTPUT_KEY: "probabilities" if softmax else "logits"}
-    kept = [m for m in (model.metadata or []) if m.name.decode() not in properties]
-    model.metadata = kept
-    for key, value in properties.items():
-        buffer = schema.BufferT()
-        buffer.data = np.frombuffer(value.encode(), np.uint8)
-        model.buffers.append(buffer)
-        entry = schema.MetadataT()
-        entry.name, entry.buffer = key.encode(), len(model.buffers) - 1
-        model.metadata.append(entry)
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_bytes(bytes(flatbuffer.convert_object_to_bytearray(model)))
-    os.replace(tmp, path)
-
-
-def read_properties(path: str | Path) -> dict[str, str]:
-    """The string metadata of a `.tflite` (one line naming the file when it is not one)."""
-    flatbuffer = require("ai_edge_litert.tools.flatbuffer_utils")
-    data = Path(path).read_bytes()
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise TfliteError(f"{path}: not a LiteRT (.tflite) model, or a truncated one; export or copy it again")
-    try:
-        model = flatbuffer.read_model_from_bytearray(bytearray(data))
-        return {
-            m.name.decode(): bytes(np.asarray(model.buffers[m.buffer].data, np.uint8)).decode()
-            for m in (model.metadata or [])
-            if m.name.decode().startswith("fas.")
-        }
-    except Exception as error:  # a damaged flatbuffer: IndexError, struct.error, UnicodeDecodeError, ...
-        raise TfliteError(f"{path}: a damaged LiteRT model ({type(error).__name__}); export or copy it again") from None
-
-
-def read_metadata(path: str | Path) -> tuple[ModelInfo, dict[str, str]]:
-    """The `ModelInfo` of a fas `.tflite` and its layout and output kind (`fas.layout`, `fas.output`)."""
-    properties = read_properties(path)
-    try:
-        info = ModelInfo.from_properties(properties)
-    except KeyError:
-        raise TfliteError(
-            f"{path} has no fas input-convention metadata; export it with `python export.py format=tflite`, "
-            "or name the convention it was trained with (convention=<name>)"
-        ) from None
-    except (ValueError, TypeError, AttributeError) as error:
-        raise TfliteError(f"{path}: its fas metadata is malformed ({error}); export it again") from None
-    return info, {LAYOUT_KEY: properties.get(LAYOUT_KEY, "nhwc"), OUTPUT_KEY: properties.get(OUTPUT_KEY, "logits")}

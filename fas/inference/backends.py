@@ -17,11 +17,12 @@ import onnxruntime as ort
 import torch
 
 from fas.convention import ModelInfo
-from fas.export import tflite
-from fas.export.onnx import OnnxFileError, has_metadata, read_metadata, read_onnx
-from fas.export.tflite import require as require_tflite
+from fas.formats import format_of_file
+from fas.inference import tflite_file
+from fas.inference.onnx_file import OnnxFileError, has_metadata, read_metadata, read_onnx
 from fas.models.checkpoint import CheckpointMismatchError, first_line, read_checkpoint
-from fas.models.pretrained import import_published, published_convention
+from fas.models.pretrained import import_published
+from fas.registry import published
 
 
 class Backend(Protocol):
@@ -112,9 +113,9 @@ def foreign_onnx_info(proto: onnx.ModelProto, path: str | Path, convention: str)
     classes = [d.dim_value or None for d in proto.graph.output[0].type.tensor_type.shape.dim]
     if len(classes) != 2 or classes[1] is None:
         raise OnnxFileError(f"{path}: output {proto.graph.output[0].name} has shape {classes}; fas reads (N, classes)")
-    published = published_convention(convention)
-    size = dims[2] or published.default_size
-    input_convention, scheme = published.resolve(convention, size, classes[1], path)
+    named = published(convention)
+    input_convention = named.input_convention(input_size=dims[2] or named.default_size)
+    scheme = named.class_scheme(classes[1], path)
     return ModelInfo(input_convention, scheme, "unknown", {"imported_from": Path(path).name, "source": convention})
 
 
@@ -125,21 +126,22 @@ class TfliteBackend:
     `convention`, its size and class count read from its input and output shapes."""
 
     def __init__(self, path: str | Path, threads: int | None = None, convention: str | None = None) -> None:
-        interpreter = require_tflite("ai_edge_litert.interpreter")
+        interpreter = tflite_file.require("ai_edge_litert.interpreter")
         self.path = Path(path)
-        properties = tflite.read_properties(self.path)
+        properties = tflite_file.read_properties(self.path)
         try:
             self.interpreter = interpreter.Interpreter(model_path=str(self.path), num_threads=threads or 1)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
-            raise tflite.TfliteError(f"{self.path}: LiteRT cannot run it ({first_line(error)})") from None
+            raise tflite_file.TfliteError(f"{self.path}: LiteRT cannot run it ({first_line(error)})") from None
         self.input, self.output = self.interpreter.get_input_details()[0], self.interpreter.get_output_details()[0]
         if properties or convention is None:
-            self.info, extras = tflite.read_metadata(self.path)
-            self.outputs_probabilities = extras[tflite.OUTPUT_KEY] == "probabilities"
+            self.info, extras = tflite_file.read_metadata(self.path)
+            self.outputs_probabilities = extras[tflite_file.OUTPUT_KEY] == "probabilities"
         else:
             size, classes = int(self.input["shape"][1]), int(self.output["shape"][-1])
-            input_convention, scheme = published_convention(convention).resolve(convention, size, classes, path)
+            named = published(convention)
+            input_convention, scheme = named.input_convention(input_size=size), named.class_scheme(classes, path)
             self.info = ModelInfo(
                 input_convention, scheme, "unknown", {"imported_from": self.path.name, "source": convention}
             )
@@ -175,14 +177,14 @@ def load_backend(
 
     The kind of a weights file is told from its content, never its suffix: a Lightning checkpoint,
     suri-liveness's dict with `model_state_dict`, a Silent-Face or hairymax file (whose name carries its
-    crop). `convention` (a `fas.models.pretrained.CONVENTIONS` name) is used only by files that record
-    no convention of their own: plain state_dicts and ONNX files made outside fas.
+    crop); an export by its format's suffix (`fas.formats`). `convention` (a convention name of
+    `models/registry.yaml`) is used only by files that record no convention of their own: plain
+    state_dicts and ONNX / LiteRT files made outside fas.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointMismatchError(f"{path}: model file not found; check the path")
-    if path.suffix == ".onnx":
-        return OnnxBackend(path, threads, convention)
-    if path.suffix == ".tflite":
-        return TfliteBackend(path, threads, convention)
+    model_format = format_of_file(path)
+    if model_format is not None:
+        return model_format.backend_class()(path, threads, convention)
     return TorchBackend.from_weights_file(path, device, convention)

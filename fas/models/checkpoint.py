@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fas.errors import FasError
+from fas.errors import ModelFileError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ NOT_A_CHECKPOINT = (
 )
 
 
-class CheckpointMismatchError(FasError, ValueError):
+class CheckpointMismatchError(ModelFileError):
     """The checkpoint holds another architecture, input size or number of classes than the config."""
 
 
@@ -192,7 +192,7 @@ def mismatch_message(
         problems.append(f"{len(wrong_shape)} keys of another shape (e.g. {wrong_shape[0]})")
     fix = [f"model={found['backbone']}"] if found["backbone"] not in ("unknown", expected_name) else []
     if found["input_size"]:
-        fix.append(f"data.input_size={found['input_size']}")
+        fix.append(f"convention.input_size={found['input_size']}")
     if found["num_classes"]:
         fix.append(f"a class_scheme with {found['num_classes']} classes")
     hint = f"; it holds {found['backbone']}, so use " + ", ".join(fix) if fix else ""

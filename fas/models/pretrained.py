@@ -1,5 +1,6 @@
 """Pretrained weights: the published MiniFASNet files with the input convention each was trained
-with (DESIGN.md), and initialising a backbone from any weights file for fine-tuning.
+with (`models/registry.yaml`, read by `fas.registry`), and initialising a backbone from any weights
+file for fine-tuning.
 
 - Silent-Face (Minivision): a bare state_dict (keys prefixed `module.`) whose *file name* carries the
   crop: `<scale>_<H>x<W>_<Type>.pth`, e.g. `2.7_80x80_MiniFASNetV2.pth` or `4_0_0_80x80_MiniFASNetV1SE.pth`
@@ -14,7 +15,7 @@ with (DESIGN.md), and initialising a backbone from any weights file for fine-tun
   `module.FTGenerator.*`) named `AntiSpoofing_<bin|print-replay>_<scale>_<size>.pth`. RGB / 255, square
   crop 1.5x the box padded black, bilinear black letterbox, class 0 = live (2 or 3 classes).
 - Plain state_dicts that record nothing (uniface, yakhyo ship Silent-Face's models so): the user names
-  the convention, `convention=silentface_2.7` (see `CONVENTIONS`).
+  the convention, `convention=silentface_2.7` (the registry's `conventions:`).
 
 `import_published` turns any of them into a backbone in eval mode plus the `ModelInfo` that a fas export
 would carry, so evaluation, export and prediction treat them like our own checkpoints.
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from fas.models.checkpoint import (
     load_backbone_weights,
     read_checkpoint,
 )
+from fas.registry import model_convention, published, published_convention, published_conventions
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +54,6 @@ ARCHITECTURES = {
     "MiniFASNetV1SE": "minifasnet_v1se",
     "MiniFASNetV2SE": "minifasnet_v2se",
 }
-
-# Same as configs/class_scheme/silentface3.yaml and binary.yaml (a test keeps them equal): the schemes
-# the two projects trained with, so evaluating an imported model on CelebA-Spoof maps labels the same way.
-SILENTFACE_SCHEME = ClassScheme(
-    name="silentface3",
-    class_names=("print", "live", "replay"),
-    real_class_index=1,
-    spoof_type_classes={0: 1, 1: 0, 2: 0, 3: 0, 4: 0, 5: 0, 6: 0, 7: 2, 8: 2, 9: 2},
-)
-SURI_SCHEME = ClassScheme(
-    name="binary",
-    class_names=("live", "spoof"),
-    real_class_index=0,
-    spoof_type_classes={0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1, 11: 1},
-)
-SURI_CROP_SCALE = 1.5
 
 SILENTFACE_PATTERN = "<scale>_<H>x<W>_<Type>.pth (e.g. 2.7_80x80_MiniFASNetV2.pth)"
 
@@ -113,92 +98,24 @@ def parse_silentface_name(path: str | Path) -> SilentFaceName:
 
 
 def silentface_convention(parsed: SilentFaceName) -> InputConvention:
-    """BGR, float 0..255, no mean/std; shifted box crop, or the whole image for `org` files."""
-    return InputConvention(
+    """Silent-Face's convention (BGR, float 0..255) at the file's size and crop scale; the whole image for
+    `org` files."""
+    return published_convention(
+        "silentface_2.7",
         input_size=parsed.height,
-        color_order="bgr",
-        pixel_scale=1.0,
         crop_scale=parsed.scale if parsed.scale is not None else 1.0,
         crop_mode="shift" if parsed.scale is not None else "none",
     )
 
 
-def suri_convention(input_size: int) -> InputConvention:
-    """RGB / 255, square of 1.5 x max(w, h) with reflect-101 padding, letterboxed to input_size."""
-    return InputConvention(
-        input_size=input_size,
-        color_order="rgb",
-        pixel_scale=1.0 / 255.0,
-        crop_scale=SURI_CROP_SCALE,
-        crop_mode="reflect",
-    )
-
-
-HAIRYMAX_CROP_SCALE = 1.5
-HAIRYMAX_SCHEMES = {
-    2: ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1, 11: 1}),
-    3: ClassScheme("print_replay", ("live", "print", "replay"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 2, 8: 2, 9: 2}),
-}
 # hairymax/Face-AntiSpoofing's released names: AntiSpoofing_<bin|print-replay>_<crop scale>_<size>.pth
 HAIRYMAX_NAME = re.compile(r"AntiSpoofing_(bin|print-replay)_(\d+(?:\.\d+)?)_(\d+)$")
-
-
-def hairymax_convention(input_size: int, scale: float = HAIRYMAX_CROP_SCALE) -> InputConvention:
-    """RGB / 255, square of max(w, h) * 1.5 padded black, bilinear black letterbox to input_size."""
-    return InputConvention(
-        input_size=input_size, color_order="rgb", pixel_scale=1.0 / 255.0, crop_scale=scale, crop_mode="pad"
-    )
-
-
-@dataclass(frozen=True)
-class PublishedConvention:
-    """How a published project feeds its models and reads their output, for files that do not say it
-    themselves (plain state_dicts, ONNX files without fas metadata): `convention=<name>`."""
-
-    build: Callable[[int], InputConvention]  # input size -> convention
-    schemes: dict[int, ClassScheme]  # by class count
-    source: str
-    default_size: int  # of the published models, for files whose graph leaves the size open
-
-    def resolve(
-        self, name: str, input_size: int, num_classes: int, path: str | Path
-    ) -> tuple[InputConvention, ClassScheme]:
-        if num_classes not in self.schemes:
-            known = " or ".join(str(n) for n in self.schemes)
-            raise CheckpointMismatchError(
-                f"{path}: has {num_classes} classes, but {self.source} models (convention={name}) have {known}"
-            )
-        return self.build(input_size), self.schemes[num_classes]
-
-
-CONVENTIONS = {
-    "silentface_2.7": PublishedConvention(
-        lambda size: silentface_convention(SilentFaceName(2.7, size, size, "")),
-        {3: SILENTFACE_SCHEME},
-        "Silent-Face",
-        80,
-    ),
-    "silentface_4.0": PublishedConvention(
-        lambda size: silentface_convention(SilentFaceName(4.0, size, size, "")),
-        {3: SILENTFACE_SCHEME},
-        "Silent-Face",
-        80,
-    ),
-    "suri_liveness": PublishedConvention(suri_convention, {2: SURI_SCHEME}, "suri-liveness", 128),
-    "hairymax": PublishedConvention(hairymax_convention, HAIRYMAX_SCHEMES, "hairymax/Face-AntiSpoofing", 128),
-}
 
 KNOWN_LAYOUTS = (
     "a fas Lightning checkpoint, a Silent-Face <scale>_<H>x<W>_<Type>.pth, suri-liveness's best_model.pth or "
     "training checkpoint (model_state_dict + config), hairymax's AntiSpoofing_<bin|print-replay>_1.5_128.pth "
     "(module.model.* + module.FTGenerator.*), or plain MiniFASNet weights (uniface, yakhyo) with convention=<name>"
 )
-
-
-def published_convention(name: str) -> PublishedConvention:
-    if name not in CONVENTIONS:
-        raise ConfigError(f"unknown convention '{name}'; choose one of {', '.join(CONVENTIONS)}")
-    return CONVENTIONS[name]
 
 
 def is_suri_checkpoint(checkpoint: dict[str, Any]) -> bool:
@@ -214,17 +131,17 @@ def file_convention(
         settings = checkpoint if "input_size" in checkpoint else checkpoint["config"]
         if not isinstance(settings, dict) or "input_size" not in settings:
             raise CheckpointMismatchError(f"{path}: a suri-liveness checkpoint without its input_size")
-        convention, scheme = CONVENTIONS["suri_liveness"].resolve(
-            "suri_liveness", int(settings["input_size"]), found["num_classes"], path
-        )
-        return convention, scheme, "suri-liveness"
+        suri = published("suri_liveness")
+        convention = suri.input_convention(input_size=int(settings["input_size"]))
+        return convention, suri.class_scheme(found["num_classes"], path), "suri-liveness"
     match = HAIRYMAX_NAME.match(path.stem)
     if match:
-        scheme = CONVENTIONS["hairymax"].resolve("hairymax", int(match[3]), found["num_classes"], path)[1]
-        return hairymax_convention(int(match[3]), float(match[2])), scheme, "hairymax"
+        hairymax = published("hairymax")
+        convention = hairymax.input_convention(input_size=int(match[3]), crop_scale=float(match[2]))
+        return convention, hairymax.class_scheme(found["num_classes"], path), "hairymax"
     if "_" in path.stem and path.stem.split("_")[-1] in ARCHITECTURES:
         parsed = parse_silentface_name(path)
-        scheme = CONVENTIONS["silentface_2.7"].resolve("silentface", parsed.height, found["num_classes"], path)[1]
+        scheme = published("silentface_2.7").class_scheme(found["num_classes"], path)
         return silentface_convention(parsed), scheme, "silentface"
     return None
 
@@ -251,13 +168,12 @@ def import_published(
             raise CheckpointMismatchError(
                 f"{path}: {found['backbone']} weights ({found['input_size']}x{found['input_size']}, "
                 f"{found['num_classes']} classes) whose input convention the file does not record; name it with "
-                f"convention=<{'|'.join(CONVENTIONS)}> (a Silent-Face file may instead keep its published name "
-                f"{SILENTFACE_PATTERN})"
+                f"convention=<{'|'.join(published_conventions())}> (a Silent-Face file may instead keep its "
+                f"published name {SILENTFACE_PATTERN})"
             )
-        input_convention, scheme = published_convention(convention).resolve(
-            convention, found["input_size"], found["num_classes"], path
-        )
-        recorded = (input_convention, scheme, convention)
+        named = published(convention)
+        input_convention = named.input_convention(input_size=found["input_size"])
+        recorded = (input_convention, named.class_scheme(found["num_classes"], path), convention)
     input_convention, scheme, source = recorded
     backbone_name = found["backbone"]
     architecture = checkpoint.get("architecture")
@@ -311,3 +227,23 @@ def convention_differences(recorded: InputConvention, used: InputConvention) -> 
         for f in fields(InputConvention)
         if getattr(recorded, f.name) != getattr(used, f.name)
     ]
+
+
+def pretrained_convention(weights: str | Path | None, **overrides: Any) -> InputConvention:
+    """`convention=pretrained` (what `experiment=finetune_*` uses): the input convention the weights named by
+    `pretrained=` were trained with, from the registry for a registry name, else from the file itself;
+    `overrides` (e.g. `input_size`) change single fields."""
+    if not weights:
+        raise ConfigError("convention=pretrained takes the convention of pretrained=<file or name>; set pretrained")
+    named = model_convention(str(weights))
+    if named is not None:
+        return named.input_convention(**overrides)
+    path = Path(str(weights)).expanduser()
+    recorded = recorded_convention(path, read_checkpoint(path))
+    if recorded is None:
+        raise CheckpointMismatchError(
+            f"{path}: records no input convention; choose one for it, e.g. convention=suri_liveness "
+            "(or convention=default for fas's own)"
+        )
+    fields = {**recorded.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
+    return InputConvention(**fields)

@@ -3,6 +3,8 @@
     python -m fas.data.prepare root=/data/CelebA_Spoof output=/data/celeba_spoof_80            # configs/prepare.yaml
     python -m fas.data.prepare source=folder root=/data/mine output=/data/mine_80              # photos and videos
 
+(the command line is `fas/data/prepare/__main__.py`; this module is the library the datamodule uses).
+
 The source's records are streamed in order and cut into chunks of `chunk_size`, cropped by worker
 processes behind a progress bar. A record without a face box has its face detected with the same
 detector and settings as `python -m fas.predict` (the largest face, or `face_rule=best`); a video's
@@ -32,47 +34,30 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import cv2
-import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from fas.cli import exit_on_user_error
+from fas.convention import InputConvention
 from fas.data.cache import (
     MANIFEST,
     SAMPLE_COLUMNS,
     SKIPPED_COLUMNS,
-    CropSpec,
     chunk_path,
     images_path,
     manifest_path,
     settings,
     skipped_path,
 )
-from fas.data.celeba_spoof import DEFAULT_PROTOCOL, CelebASpoofSource
 from fas.data.loading import crop_from, pixel_box
-from fas.data.media import read_frames, read_image
 from fas.data.sample import BadSample, DatasetError, Sample, SampleError, spoof_type_name
-from fas.detect import Face, choose_face, detector_factory
-from fas.errors import ConfigError
+from fas.data.sources import Source
+from fas.data.sources.celeba_spoof import DEFAULT_PROTOCOL, CelebASpoofSource
+from fas.detect import Face, choose_face
+from fas.media import MediaError, read_frames, read_image
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 NO_FACE = "no face found"
-
-
-class Source(Protocol):
-    """What prepare needs of a data source (CelebASpoofSource, FolderSource, ManifestSource)."""
-
-    name: str
-    root: Path
-    splits: Sequence[str]
-
-    def prepare(self) -> None: ...
-    def settings(self) -> dict[str, Any]: ...
-    def fingerprint(self, splits: Sequence[str] | None = None) -> dict[str, str]: ...
-    def records(self, splits: Sequence[str] | None = None) -> Iterator[Sample | BadSample]: ...
 
 
 class Detector(Protocol):
@@ -126,7 +111,7 @@ class Summary:
 def prepare(
     source: Source | str | Path,
     output: str | Path,
-    crop: CropSpec,
+    convention: InputConvention,
     detector: Callable[[], Detector] | None = None,
     splits: Sequence[str] | None = None,
     workers: int | None = None,
@@ -136,8 +121,9 @@ def prepare(
     protocol: str = DEFAULT_PROTOCOL,
     faces: Path | None = None,
 ) -> Summary:
-    """Crop every record of `splits` (default: all the source has) into the cache at `output`; resume or
-    skip finished work. `detector` builds the detector that finds the faces of records without a box
+    """Crop every record of `splits` (default: all the source has) into the cache at `output` by the crop of
+    `convention` (its colour order and normalisation are applied when the crops are read); resume or skip
+    finished work. `detector` builds the detector that finds the faces of records without a box
     (`fas.detect.detector_factory`, built in each worker process on first need); without one, they are
     skipped. A path as `source` is a CelebA-Spoof root, read with `protocol`. `faces` names a `FaceMemo`:
     the faces in it are reused, and the ones this run finds are added to it."""
@@ -150,7 +136,9 @@ def prepare(
     splits = tuple(splits or source.splits)
     rows = count_rows(source, splits)
     files = source.fingerprint(splits)
-    manifest = start(output, settings(crop, source.settings(), Path(source.root).resolve(), chunk_size, rows, files))
+    manifest = start(
+        output, settings(convention, source.settings(), Path(source.root).resolve(), chunk_size, rows, files)
+    )
     if manifest.get("complete"):
         log.info("%s is complete already; nothing to do", output)
         return summary_of(output, manifest, chunks_run=0)
@@ -160,8 +148,8 @@ def prepare(
     }
     records = sum(min(chunk_size, rows[split] - i * chunk_size) for split, indices in todo.items() for i in indices)
     chunks = (chunk for chunk in iter_chunks(source, splits, chunk_size) if chunk.index in todo[chunk.split])
-    log.info("Cropping %d records into %s: %s", records, output, crop.describe())
-    job = CropJob(output, crop, detector, face_rule, faces)
+    log.info("Cropping %d records into %s: %s", records, output, convention.describe_crop())
+    job = CropJob(output, convention, detector, face_rule, faces)
     run_chunks(chunks, records, job, workers or os.cpu_count() or 1, progress)
     summary = finish(output, manifest, chunk_size, chunks_run=sum(len(indices) for indices in todo.values()))
     if faces is not None:
@@ -218,7 +206,7 @@ def start(output: Path, wanted: dict[str, Any]) -> dict[str, Any]:
     empty = [split for split, rows in wanted["rows"].items() if rows == 0]
     if empty:
         raise DatasetError(f"the {', '.join(empty)} split(s) list no images; check root= and the source's settings")
-    size = wanted["crop"]["size"]
+    size = wanted["crop"]["input_size"]
     needed = sum(wanted["rows"].values()) * size * size * 3
     output.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(output).free
@@ -242,7 +230,7 @@ class CropJob:
     config and is built in each process on first need: a source whose records all have boxes never loads it."""
 
     output: Path
-    crop: CropSpec
+    convention: InputConvention
     detector: Callable[[], Detector] | None
     face_rule: str
     faces: Path | None = None  # faces found before (FaceMemo), reused instead of detecting again
@@ -351,7 +339,7 @@ def run_chunks(chunks: Iterator[Chunk], records: int, job: CropJob, workers: int
             pool.shutdown(cancel_futures=True)
 
 
-def chunk_images(chunk: Chunk) -> Iterator[tuple[int, Sample | BadSample, np.ndarray | SampleError | None]]:
+def chunk_images(chunk: Chunk) -> Iterator[tuple[int, Sample | BadSample, np.ndarray | MediaError | None]]:
     """(row, record, its image or the error reading it) for each record; the frames of a video that follow
     each other in the chunk are decoded in one forward pass."""
     records = list(enumerate(chunk.records, start=chunk.start))
@@ -363,8 +351,8 @@ def chunk_images(chunk: Chunk) -> Iterator[tuple[int, Sample | BadSample, np.nda
             position += 1
         elif record.frame is None:
             try:
-                image: np.ndarray | SampleError = read_image(record.path)
-            except SampleError as error:
+                image: np.ndarray | MediaError = read_image(record.path)
+            except MediaError as error:
                 image = error
             yield row, record, image
             position += 1
@@ -375,7 +363,7 @@ def chunk_images(chunk: Chunk) -> Iterator[tuple[int, Sample | BadSample, np.nda
             group = records[position:end]
             try:
                 frames = dict(read_frames(record.path, [r.frame for _, r in group]))
-            except SampleError as error:
+            except MediaError as error:
                 frames = {r.frame: error for _, r in group}
             for row_in_group, sample in group:
                 yield row_in_group, sample, frames[sample.frame]
@@ -385,18 +373,17 @@ def chunk_images(chunk: Chunk) -> Iterator[tuple[int, Sample | BadSample, np.nda
 def crop_chunk(job: CropJob, chunk: Chunk) -> int:
     """Crop the records of one chunk into the image array, then record kept and skipped rows (the resume marker)."""
     images = np.load(images_path(job.output, chunk.split), mmap_mode="r+")
-    convention = job.crop.convention()
     kept, skipped = [], []
     for row, record, image in chunk_images(chunk):
         if isinstance(record, BadSample):
             skipped.append([chunk.split, record.key, str(record.path), record.spoof_type, record.reason])
             continue
         try:
-            if isinstance(image, SampleError):
+            if isinstance(image, MediaError):
                 raise image
             sample, box_from, score = locate_face(record, image, job)
-            images[row] = crop_from(image, sample, convention, job.crop.interpolation)
-        except SampleError as error:
+            images[row] = crop_from(image, sample, job.convention)
+        except MediaError as error:
             skipped.append([chunk.split, record.key, str(error.path), record.spoof_type, error.reason])
             continue
         height, width = image.shape[:2]
@@ -482,29 +469,3 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
-
-
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="prepare")
-def main(cfg: DictConfig) -> None:
-    with exit_on_user_error():
-        for key in ("root", "output"):
-            if OmegaConf.is_missing(cfg, key):
-                raise ConfigError(
-                    f"{key} is not set: python -m fas.data.prepare root=/path/to/CelebA_Spoof output=/path/to/cache"
-                )
-        summary = prepare(
-            hydra.utils.instantiate(cfg.source),
-            cfg.output,
-            CropSpec(**cfg.crop),
-            detector=detector_factory(cfg.get("detector")),
-            splits=tuple(cfg.splits) if cfg.get("splits") else None,
-            workers=cfg.workers,
-            chunk_size=cfg.chunk_size,
-            progress=cfg.progress,
-            face_rule=cfg.face_rule,
-        )
-        log.info("%s", summary)
-
-
-if __name__ == "__main__":
-    main()

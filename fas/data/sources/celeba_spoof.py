@@ -17,6 +17,7 @@ from typing import Any
 
 from fas.data.crop import BB_FRAME, Box
 from fas.data.sample import BadSample, DatasetError, Sample, SampleError, bb_path, read_box_file
+from fas.data.sources import Source
 from fas.data.synthetic import SyntheticConfig, generate
 from fas.download import sha256_of
 
@@ -24,8 +25,6 @@ log = logging.getLogger(__name__)
 
 LABEL_LENGTH = 44
 SPOOF_TYPE, ILLUMINATION, ENVIRONMENT, LIVE_OR_SPOOF = 40, 41, 42, 43
-ILLUMINATIONS = {0: "live", 1: "normal", 2: "strong", 3: "back", 4: "dark"}
-ENVIRONMENTS = {0: "live", 1: "indoor", 2: "outdoor"}
 SOURCE_NAME = "celeba_spoof"
 DEFAULT_PROTOCOL = "intra_test"
 BB_FRAME_SIZE = (BB_FRAME, BB_FRAME)
@@ -145,11 +144,6 @@ def protocol_label_file(root: Path, split: str, protocol: str = DEFAULT_PROTOCOL
     return path
 
 
-def protocol_labels(root: Path, split: str, protocol: str = DEFAULT_PROTOCOL) -> dict[str, list[int]]:
-    """The labels of a split under a protocol (see `protocol_label_file`)."""
-    return load_labels(protocol_label_file(root, split, protocol))
-
-
 def read_split(root: Path, split: str, protocol: str = DEFAULT_PROTOCOL) -> tuple[list[Sample], list[BadSample]]:
     """Every labelled sample of a split, plus the ones that cannot be used (missing image or `_BB.txt`) and why."""
     samples: list[Sample] = []
@@ -191,7 +185,7 @@ def record_of(root: Path, split: str, key: str, vector: list[int], source: str =
     )
 
 
-class CelebASpoofSource:
+class CelebASpoofSource(Source):
     """CelebA-Spoof (or any folder in its layout, such as the generated `data=synthetic`) as a data source.
 
     `synthetic` (the settings of `fas.data.synthetic.SyntheticConfig`) generates the embedded dataset
@@ -200,7 +194,6 @@ class CelebASpoofSource:
     """
 
     kind = "celeba_spoof"
-    splits = ("train", "test")
 
     def __init__(
         self,
@@ -211,12 +204,18 @@ class CelebASpoofSource:
         synthetic: dict[str, Any] | None = None,
         name: str = SOURCE_NAME,
     ) -> None:
-        self.root = Path(root) if root is not None else None
+        if root is None and cache is None:
+            raise DatasetError(
+                "Neither data.root nor data.cache is set: pass data.cache=<folder made by python -m "
+                "fas.data.prepare>, or data=celeba_spoof data.root=/path/to/CelebA_Spoof"
+            )
+        super().__init__(name, Path(root) if root is not None else None, weight, Path(cache) if cache else None)
         self.protocol = protocol
-        self.weight = float(weight)
-        self.cache = Path(cache) if cache is not None else None
         self.synthetic = synthetic
-        self.name = name
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return ("train", "test")
 
     def prepare(self) -> None:
         """Generate the embedded dataset (once), or check the folder exists."""

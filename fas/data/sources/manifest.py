@@ -19,33 +19,31 @@ its line number, never dropped.
 from __future__ import annotations
 
 import csv
+import functools
 import json
-import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from fas.data.media import VIDEO_SUFFIXES, frame_count, sampled_frames
 from fas.data.sample import (
     SPLITS,
     BadSample,
     DatasetError,
     Sample,
     SampleError,
-    label_table,
     parse_box,
     parse_spoof_type,
 )
+from fas.data.sources import MediaSource
 from fas.download import sha256_of
-
-log = logging.getLogger(__name__)
+from fas.media import is_video_file
 
 BOX_COLUMNS = ("x", "y", "w", "h")
 
 
-class ManifestSource:
-    """The rows of a CSV or JSONL manifest. `cache`: see `FolderSource`."""
+class ManifestSource(MediaSource):
+    """The rows of a CSV or JSONL manifest (see the module docstring)."""
 
     kind = "manifest"
 
@@ -63,34 +61,19 @@ class ManifestSource:
         if manifest is None:
             raise DatasetError(f"the manifest of data source '{name}' is not set: pass data.manifest=/path/to/list.csv")
         self.manifest = Path(manifest)
-        self.name = name
-        self.root = Path(root) if root is not None else self.manifest.parent
-        self.labels = dict(labels or {})
-        self.table = label_table(self.labels, f"data.sources.{name}")
-        self.frames_per_video = frames_per_video
-        self.frame_stride = frame_stride
-        self.weight = float(weight)
-        # The datamodule prepares (and refreshes) this source's cache itself: faces are detected once.
-        self.cache = "auto" if cache in (None, "auto") else Path(cache)
-        self.prepared_by_datamodule = True
+        folder = Path(root) if root is not None else self.manifest.parent
+        super().__init__(name, folder, labels, frames_per_video, frame_stride, weight, cache)
 
     def prepare(self) -> None:
         if not self.manifest.is_file():
             raise DatasetError(f"{self.manifest}: manifest not found; pass data.manifest=/path/to/list.csv (or .jsonl)")
 
     def settings(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "manifest": str(self.manifest.resolve()),
-            "root": str(self.root.resolve()),
-            "labels": {key: int(value) for key, value in sorted(label_table(self.labels, "").items())},
-            "frames_per_video": self.frames_per_video,
-            "frame_stride": self.frame_stride,
-        }
+        return {**super().settings(), "manifest": str(self.manifest.resolve())}
 
     @property
     def splits(self) -> tuple[str, ...]:
-        found = {row.get("split") or None for _, row in self.rows()} - {None}
+        found = {row.get("split") or None for _, row in self.rows} - {None}
         return tuple(split for split in SPLITS if split in found) or ("all",)
 
     def fingerprint(self, splits: Sequence[str] | None = None) -> dict[str, str]:
@@ -98,23 +81,29 @@ class ManifestSource:
         digest = sha256_of(self.manifest)
         return {split: digest for split in splits or self.splits}
 
-    def rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(line number, row) of the manifest, keys lower-cased; a file that is neither CSV nor JSONL is refused."""
-        if not self.manifest.is_file():
-            self.prepare()
+    @functools.cached_property
+    def rows(self) -> tuple[tuple[int, dict[str, Any]], ...]:
+        """(line number, row) of the manifest, keys lower-cased, read once; a file that is neither CSV nor
+        JSONL is refused."""
+        self.prepare()
         if self.manifest.suffix.lower() in (".jsonl", ".ndjson"):
-            with self.manifest.open(encoding="utf-8") as file:
-                for number, line in enumerate(file, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as error:
-                        raise DatasetError(f"{self.manifest}:{number}: not a JSON object ({error.msg})") from None
-                    if not isinstance(row, dict):
-                        raise DatasetError(f"{self.manifest}:{number}: not a JSON object")
-                    yield number, {str(k).lower(): v for k, v in row.items()}
-            return
+            return tuple(self.json_rows())
+        return tuple(self.csv_rows())
+
+    def json_rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        with self.manifest.open(encoding="utf-8") as file:
+            for number, line in enumerate(file, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DatasetError(f"{self.manifest}:{number}: not a JSON object ({error.msg})") from None
+                if not isinstance(row, dict):
+                    raise DatasetError(f"{self.manifest}:{number}: not a JSON object")
+                yield number, {str(k).lower(): v for k, v in row.items()}
+
+    def csv_rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
         with self.manifest.open(encoding="utf-8-sig", newline="") as file:
             reader = csv.DictReader(file)
             columns = {c.strip().lower() for c in reader.fieldnames or []}
@@ -127,7 +116,7 @@ class ManifestSource:
                 yield number, {str(k).strip().lower(): (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
 
     def records(self, splits: Sequence[str] | None = None) -> Iterator[Sample | BadSample]:
-        for number, row in self.rows():
+        for number, row in self.rows:
             split = row.get("split") or None
             if splits is None or (split or "all") in splits:
                 yield from self.records_of(number, row)
@@ -151,8 +140,8 @@ class ManifestSource:
         if not path.is_file():
             yield BadSample(path, f"line {number}: file missing", key, split, spoof_type)
             return
-        base = {"spoof_type": spoof_type, "split": split, "source": self.name}
         subject = str(row["subject"]) if row.get("subject") not in (None, "") else relative
+        fields = {"spoof_type": spoof_type, "subject": subject, "split": split}
         try:
             box = self.box_of(row, path, number)
             frame = int(row["frame"]) if row.get("frame") not in (None, "") else None
@@ -164,19 +153,12 @@ class ManifestSource:
             )
             yield BadSample(path, reason, key, split, spoof_type)
             return
-        if path.suffix.lower() not in VIDEO_SUFFIXES:
-            yield Sample(path=path, frame=None, box=box, subject=subject, key=key, **base)
-            return
-        if frame is not None:
-            yield Sample(path=path, frame=frame, box=box, subject=subject, key=f"{key}#{frame}", **base)
-            return
-        try:
-            frames = sampled_frames(frame_count(path), self.frames_per_video, self.frame_stride)
-        except SampleError as error:
-            yield BadSample(path, error.reason, key, split, spoof_type)
-            return
-        for index in frames:
-            yield Sample(path=path, frame=index, box=box, subject=subject, key=f"{key}#{index}", **base)
+        if not is_video_file(path):
+            yield Sample(path=path, frame=None, box=box, key=key, source=self.name, **fields)
+        elif frame is not None:
+            yield Sample(path=path, frame=frame, box=box, key=f"{key}#{frame}", source=self.name, **fields)
+        else:
+            yield from self.video_records(path, key, box, **fields)
 
     def spoof_type_of(self, row: dict[str, Any], where: str) -> int:
         if row.get("spoof_type") not in (None, ""):

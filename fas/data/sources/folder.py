@@ -15,32 +15,20 @@ in pixels) when there is one; otherwise `fas.data.prepare` detects it. Videos be
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import logging
-import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from fas.data.media import IMAGE_SUFFIXES, VIDEO_SUFFIXES, frame_count, sampled_frames
-from fas.data.sample import (
-    SPLITS,
-    BadSample,
-    DatasetError,
-    Sample,
-    SampleError,
-    bb_path,
-    label_table,
-    read_box_file,
-)
-
-log = logging.getLogger(__name__)
+from fas.data.sample import SPLITS, BadSample, DatasetError, Sample, SampleError, bb_path, read_box_file
+from fas.data.sources import MediaSource
+from fas.media import is_video_file, media_files
 
 
-class FolderSource:
-    """Photos and videos in class folders. `cache` is the packed crop cache the datamodule prepares
-    (faces detected once) and reads; `auto` puts it under `<data_dir>/prepared/`."""
+class FolderSource(MediaSource):
+    """Photos and videos in class folders (see the module docstring)."""
 
     kind = "folder"
 
@@ -57,18 +45,9 @@ class FolderSource:
     ) -> None:
         if root is None:
             raise DatasetError(f"the root of data source '{name}' is not set: pass data.root=/path/to/your/folder")
-        self.root = Path(root)
-        self.name = name
-        self.labels = dict(labels or {})
-        self.table = label_table(self.labels, f"data.sources.{name}")
+        super().__init__(name, Path(root), labels, frames_per_video, frame_stride, weight, cache)
         self.subject_regex = subject_regex
         self.subject_pattern = re.compile(subject_regex) if subject_regex else None
-        self.frames_per_video = frames_per_video
-        self.frame_stride = frame_stride
-        self.weight = float(weight)
-        # The datamodule prepares (and refreshes) this source's cache itself: faces are detected once.
-        self.cache = "auto" if cache in (None, "auto") else Path(cache)
-        self.prepared_by_datamodule = True
 
     def prepare(self) -> None:
         if self.root.exists() and not self.root.is_dir():
@@ -77,53 +56,41 @@ class FolderSource:
             raise DatasetError(f"{self.root}: the root of data source '{self.name}' does not exist")
 
     def settings(self) -> dict[str, Any]:
-        """What identifies the samples this source yields: a packed cache made with others is not its."""
-        return {
-            "kind": self.kind,
-            "root": str(self.root.resolve()),
-            "labels": {key: int(value) for key, value in sorted(label_table(self.labels, "").items())},
-            "subject_regex": self.subject_regex,
-            "frames_per_video": self.frames_per_video,
-            "frame_stride": self.frame_stride,
-        }
+        return {**super().settings(), "subject_regex": self.subject_regex}
+
+    @functools.cached_property
+    def files(self) -> tuple[tuple[Path, str | None], ...]:
+        """Every image and video under the root with its split (None outside train/val/test), walked once."""
+        return tuple((path, split_of(path.relative_to(self.root))) for path in media_files(self.root))
 
     @property
     def splits(self) -> tuple[str, ...]:
         """The splits of the tree (`train`, `val`, `test`), or `all` for a tree that is not split."""
-        found = {split_of(path.relative_to(self.root)) for path in self.media_files()} - {None}
+        found = {split for _, split in self.files} - {None}
         return tuple(split for split in SPLITS if split in found) or ("all",)
-
-    def media_files(self) -> list[Path]:
-        """Every image and video under the root, sorted; hidden files and folders are skipped."""
-        files = []
-        for folder, dirs, names in os.walk(self.root):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(names):
-                path = Path(folder) / name
-                if not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
-                    files.append(path)
-        return files
 
     def fingerprint(self, splits: Sequence[str] | None = None) -> dict[str, str]:
         """A hash of the files (path, size, modification time) of each split: another tree is not this cache's."""
         digests: dict[str, Any] = {}
-        for path in self.media_files():
-            split = split_of(path.relative_to(self.root)) or "all"
-            if splits is None or split in splits:
+        for path, split in self.files:
+            if splits is None or (split or "all") in splits:
                 stat = path.stat()
-                digest = digests.setdefault(split, hashlib.sha256())
+                digest = digests.setdefault(split or "all", hashlib.sha256())
                 digest.update(f"{path.relative_to(self.root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
         return {split: digest.hexdigest() for split, digest in sorted(digests.items())}
 
     def records(self, splits: Sequence[str] | None = None) -> Iterator[Sample | BadSample]:
         """The records of the tree in path order (refused at once when a folder maps to no label)."""
-        files = self.media_files()
-        if not files:
+        if not self.files:
             raise DatasetError(f"{self.root}: no image or video files in data source '{self.name}'")
-        split_tree = any(split_of(path.relative_to(self.root)) for path in files)
-        stray = [path for path in files if split_tree and split_of(path.relative_to(self.root)) is None]
-        labelled = [(path, self.spoof_type_of(path.relative_to(self.root))) for path in files if path not in stray]
-        unmapped = sorted({str(type_or_folder) for _, type_or_folder in labelled if isinstance(type_or_folder, str)})
+        split_tree = any(split for _, split in self.files)
+        stray = [path for path, split in self.files if split_tree and split is None]
+        labelled = [
+            (path, split, self.spoof_type_of(path.relative_to(self.root)))
+            for path, split in self.files
+            if not (split_tree and split is None)
+        ]
+        unmapped = sorted({str(type_or_folder) for *_, type_or_folder in labelled if isinstance(type_or_folder, str)})
         if unmapped:
             raise DatasetError(
                 f"{self.root}: folder(s) {', '.join(unmapped)} map to no spoof type; name each with "
@@ -133,11 +100,9 @@ class FolderSource:
         for path in stray if splits is None or "train" in splits else []:  # listed with the train split
             reason = "outside train/, val/ and test/ of a tree split into them; move it under one"
             yield BadSample(path, reason, path.relative_to(self.root).as_posix(), "train")
-        for path, spoof_type in labelled:
-            relative = path.relative_to(self.root)
-            split = split_of(relative)
+        for path, split, spoof_type in labelled:
             if splits is None or (split or "all") in splits:
-                yield from self.records_of(path, relative, split, int(spoof_type))
+                yield from self.records_of(path, split, int(spoof_type))
 
     def spoof_type_of(self, relative: Path) -> int | str:
         """The spoof type of a file from its deepest label folder, or the name of the folder that maps to nothing."""
@@ -163,19 +128,12 @@ class FolderSource:
         below = folders[labelled[-1] + 1 :] if labelled else []
         return below[0] if below else str(relative.with_suffix(""))
 
-    def records_of(
-        self, path: Path, relative: Path, split: str | None, spoof_type: int
-    ) -> Iterator[Sample | BadSample]:
+    def records_of(self, path: Path, split: str | None, spoof_type: int) -> Iterator[Sample | BadSample]:
+        relative = path.relative_to(self.root)
         key = relative.as_posix()
-        base = {"spoof_type": spoof_type, "subject": self.subject_of(relative), "split": split, "source": self.name}
-        if path.suffix.lower() in VIDEO_SUFFIXES:
-            try:
-                count = frame_count(path)
-            except SampleError as error:
-                yield BadSample(path, error.reason, key, split, spoof_type)
-                return
-            for frame in sampled_frames(count, self.frames_per_video, self.frame_stride):
-                yield Sample(path=path, frame=frame, box=None, key=f"{key}#{frame}", **base)
+        fields = {"spoof_type": spoof_type, "subject": self.subject_of(relative), "split": split}
+        if is_video_file(path):
+            yield from self.video_records(path, key, None, **fields)
             return
         box = None
         if bb_path(path).is_file():
@@ -184,7 +142,7 @@ class FolderSource:
             except SampleError as error:
                 yield BadSample(error.path, error.reason, key, split, spoof_type)
                 return
-        yield Sample(path=path, frame=None, box=box, key=key, **base)
+        yield Sample(path=path, frame=None, box=box, key=key, source=self.name, **fields)
 
 
 def split_of(relative: Path) -> str | None:
