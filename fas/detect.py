@@ -8,9 +8,10 @@ suri-liveness uses, and on the reference images it leads Silent-Face's models to
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -76,10 +77,18 @@ class YuNetDetector:
         self.score_threshold = score_threshold
         path = resolve_model_file(model_path)
         try:
-            self.detector = cv2.FaceDetectorYN.create(str(path), "", (320, 320), score_threshold, nms_threshold, top_k)
+            with opencv_log_level(cv2.utils.logging.LOG_LEVEL_ERROR):  # its "Targets are not supported" note
+                self.detector = cv2.FaceDetectorYN.create(
+                    str(path), "", (320, 320), score_threshold, nms_threshold, top_k
+                )
+            self.detector.setInputSize((32, 32))
+            self.detector.detect(np.zeros((32, 32, 3), np.uint8))  # a file without YuNet's outputs fails here
         except cv2.error as error:
-            first_line = str(error).strip().splitlines()[-1]
-            raise DetectorError(f"{path}: OpenCV cannot load it as a YuNet model ({first_line})") from None
+            first_line = str(error).strip().splitlines()[-1].split(") ", 1)[-1]
+            raise DetectorError(
+                f"{path}: not a YuNet face detector OpenCV can run ({first_line}); give detector.model_path a YuNet "
+                "ONNX file, e.g. the one python -m fas.download yunet-2023mar fetches"
+            ) from None
         self.min_face_size = min_face_size
         self.color_order = color_order
         self.max_side = max_side
@@ -117,6 +126,17 @@ class YuNetDetector:
         faces = [Face(tuple(int(v / scale) for v in row[:4]), float(row[14])) for row in rows]
         faces = [f for f in faces if min(f.box[2], f.box[3]) >= max(self.min_face_size, 1)]
         return sorted(faces, key=lambda face: -face.score)
+
+
+@contextlib.contextmanager
+def opencv_log_level(level: int) -> Iterator[None]:
+    """OpenCV's own log level for the duration of a call (its notes go straight to stderr otherwise)."""
+    previous = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(level)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(previous)
 
 
 FACE_RULES = ("largest", "best")

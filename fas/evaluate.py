@@ -21,7 +21,14 @@ from tqdm import tqdm
 
 from fas.data.datamodule import FaceDataModule, datamodule_for
 from fas.errors import ConfigError, FasError
-from fas.hydra_utils import check_config, close_loggers, instantiate_group, named_convention, register_resolvers
+from fas.hydra_utils import (
+    check_config,
+    close_loggers,
+    instantiate_group,
+    named_convention,
+    register_resolvers,
+    silence_library_noise,
+)
 from fas.inference.backends import Backend, load_backend
 from fas.media import set_max_pixels
 from fas.metrics import Scores, choose_threshold, pad_metrics, pad_metrics_per_source, spoof_scores
@@ -63,6 +70,7 @@ def evaluate(cfg: DictConfig) -> ReportFiles:
     """Score every model of `cfg.ckpt_path` and write one report comparing them."""
     paths = model_paths(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
     register_resolvers()
+    silence_library_noise()
     check_config(cfg)
     set_max_pixels(cfg.get("max_image_pixels"))
     if cfg.split not in ("test", "val"):

@@ -8,8 +8,10 @@ a traceback (`fas.cli.exit_on_user_error`).
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,30 @@ def refuse_renamed_overrides(arguments: Sequence[str]) -> None:
                 file=sys.stderr,
             )
             sys.exit(2)
+
+
+class DropMessages(logging.Filter):
+    """Drop the log records whose message starts with one of `starts`."""
+
+    def __init__(self, *starts: str) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.starts)
+
+
+NOISE_FILTER = DropMessages("💡 Tip:")
+
+
+def silence_library_noise() -> None:
+    """Hide what libraries print on every run that asks nothing of the user: Lightning's advertisement for
+    its cloud logger, and the deprecation its own pytree code triggers in torch (Lightning 2.6 on torch
+    2.13). Warnings that concern the user's run are left alone."""
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if NOISE_FILTER not in rank_zero.filters:
+        rank_zero.addFilter(NOISE_FILTER)
 
 
 def sweep_group(mode: Any, sweep_dir: str, task_name: str) -> str:

@@ -88,7 +88,8 @@ def predict(cfg: DictConfig) -> Path:
     failed = writer.counts["unreadable"]
     if failed and failed == sum(writer.counts.values()):
         raise PredictError(
-            f"nothing was predicted: all {failed} input(s) failed, each listed with its error in {jsonl}"
+            f"nothing was predicted: {writer.first_error} (all {failed} input(s) failed, each listed with its "
+            f"error in {jsonl})"
         )
     return jsonl
 
@@ -220,6 +221,7 @@ class PredictionWriter:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.counts: Counter[str] = Counter()
+        self.first_error: str | None = None
 
     def faces(self, frame: Frame, predictions: list[FacePrediction]) -> None:
         base = {"file": frame.source, "frame": frame.index}
@@ -236,6 +238,7 @@ class PredictionWriter:
 
     def error(self, source: str, error: Exception, index: int | None = None) -> None:
         log.warning("%s", error)
+        self.first_error = self.first_error or str(error)
         self._write({"file": source, "frame": index, "error": str(error)})
         self.counts["unreadable"] += 1
 

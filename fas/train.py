@@ -17,7 +17,7 @@ from fas.data.datamodule import FaceDataModule, instantiate_datamodule
 from fas.detect import detector_factory
 from fas.download import resolve_model_file
 from fas.export.callback import ModelExport
-from fas.hydra_utils import check_config, close_loggers, instantiate_group, register_resolvers
+from fas.hydra_utils import check_config, close_loggers, instantiate_group, register_resolvers, silence_library_noise
 from fas.loggers import ContinuingCSVLogger
 from fas.media import set_max_pixels
 from fas.models.checkpoint import check_resume_checkpoint
@@ -36,6 +36,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     Returns the value of `cfg.optimized_metric` (for sweepers) and all test metrics.
     """
     register_resolvers()
+    silence_library_noise()
     check_config(cfg)
     set_max_pixels(cfg.get("max_image_pixels"))
     L.seed_everything(cfg.seed, workers=True)
@@ -115,12 +116,19 @@ def fit_test_and_report(
     log_to_wandb(trainer.loggers, [evaluation], report, prefix="test")
     log.info("Test metrics: %s", {k: round(float(v), 4) for k, v in metrics.items()})
     log.info("Run directory: %s", output_dir)
-    log.info("Best checkpoint: %s", best or "none (no ModelCheckpoint callback)")
+    log.info("Best checkpoint: %s%s", best or "none (no ModelCheckpoint callback)", resumed_note(best, output_dir))
     log.info("Report: %s (and report.md, report.html beside it)", report.metrics)
     for callback in trainer.callbacks:
         if isinstance(callback, ModelExport) and callback.result is not None:
             log.info("Export: %s", callback.result.summary())
     return value, metrics
+
+
+def resumed_note(best: str | None, output_dir: Path) -> str:
+    """Where a best checkpoint outside this run's folder comes from: the run this one resumed."""
+    if best and not Path(best).resolve().is_relative_to(output_dir.resolve()):
+        return " (written by the run this one resumed from; no later epoch of this run did better)"
+    return ""
 
 
 def best_validation_score(trainer: L.Trainer) -> dict[str, float]:

@@ -219,6 +219,8 @@ def compose_config(name: str, overrides: list[str], run_dir: Path):
         cfg.paths.output_dir = str(run_dir)
         cfg.hydra.runtime.output_dir = str(run_dir)
         cfg.hydra.job.num = 0
+        if "output_dir" in cfg and not any(o.startswith("output_dir=") for o in overrides):
+            cfg.output_dir = str(run_dir)  # fas.predict: its output folder is its run folder
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         del cfg.hydra  # kept by HydraConfig; the job config never carries it

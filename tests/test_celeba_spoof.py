@@ -170,7 +170,7 @@ def test_complete_images_read_also_with_bytes_after_the_end_marker(tmp_path: Pat
     np.testing.assert_array_equal(read_image(tmp_path / "image.png"), image)
 
 
-# The class schemes documented in configs/class_scheme/*.yaml and DESIGN.md: spoof type -> class (None = excluded).
+# The class schemes documented in configs/class_scheme/*.yaml: spoof type -> class (None = excluded).
 # An attack of unknown type (a bare spoof/ folder) is an attack to the binary schemes, and fits no other.
 DOCUMENTED_SCHEMES = {
     "binary": (("live", "spoof"), 0, {0: 0, 1: 1, 2: 1, 3: 1, 7: 1, 8: 1, 9: 1, UNKNOWN_ATTACK: 1}),

@@ -86,7 +86,14 @@ def test_missing_or_broken_model_is_a_clear_error(tmp_path: Path) -> None:
         YuNetDetector(tmp_path / "yunet.onnx")
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
-    with pytest.raises(DetectorError, match=r"broken.onnx: OpenCV cannot load it as a YuNet model"):
+    with pytest.raises(DetectorError, match=r"broken.onnx: not a YuNet face detector OpenCV can run"):
         YuNetDetector(broken)
     with pytest.raises(DetectorError, match="color_order"):
         YuNetDetector(broken, color_order="yuv")
+
+
+def test_an_onnx_file_that_is_not_a_face_detector_is_one_line(reference_dir: Path, tmp_path: Path) -> None:
+    """An ONNX model without YuNet's outputs (here: a liveness model) is refused when loaded, not mid-run."""
+    other = reference_dir / "suri-liveness/best_model.onnx"
+    with pytest.raises(DetectorError, match=r"best_model.onnx: not a YuNet face detector OpenCV can run \(.*cls_8"):
+        YuNetDetector(other)

@@ -10,7 +10,7 @@ from fas.losses import LivenessLoss, fourier_target, to_gray_255
 
 
 def numpy_fourier_target(gray: np.ndarray, size: int) -> np.ndarray:
-    """DESIGN.md's formula written plainly, resized with cv2 as Silent-Face does."""
+    """The formula of docs/architecture.md written plainly, resized with cv2 as Silent-Face does."""
     spectrum = np.fft.fftshift(np.fft.fft2(gray))
     log_magnitude = np.log(np.abs(spectrum) + 1)
     low, high = log_magnitude.min(), log_magnitude.max()

@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-import fas.sweep  # noqa: F401  registers the resolver of configs/logger/wandb.yaml
-
 from conftest import REPO_ROOT, compose_config
 
 README = REPO_ROOT / "README.md"

@@ -18,9 +18,14 @@ whatever the number of worker processes.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
+import os
 import shutil
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +39,7 @@ log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 2
 MARKER = "synthetic.json"
+PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies
 
 # Share of each spoof type among the spoof images (CelebA-Spoof types; 4 and 10 are masks).
 SPOOF_TYPE_WEIGHTS = {1: 0.16, 2: 0.14, 3: 0.16, 7: 0.16, 8: 0.14, 9: 0.16, 4: 0.04, 10: 0.04}
@@ -374,8 +380,10 @@ def _write_one(root: Path, seed: int, item: tuple[str, int, int, int]) -> tuple[
 def generate(root: str | Path, config: SyntheticConfig | None = None, workers: int = 2) -> Path:
     """Write the dataset under `root` unless an identical one is already there; return `root`.
 
-    The marker file records the generator version and config; a different one regenerates.
-    A non-empty folder without the marker is never touched.
+    The marker file records the generator version and config; a different one regenerates. The data is
+    written into a hidden folder beside `root` and renamed into place once complete, so a run killed while
+    generating leaves no half-made dataset (its leftovers are removed by the next run), and the worker
+    processes end with the process that started them. A non-empty folder without the marker is never touched.
     """
     config = config or SyntheticConfig()
     root = Path(root)
@@ -388,29 +396,56 @@ def generate(root: str | Path, config: SyntheticConfig | None = None, workers: i
             f"{root} is not empty and holds no {MARKER}; refusing to generate synthetic data there. "
             "Point data.root at an empty or synthetic folder."
         )
-    for owned in ("Data", "metas", MARKER):
-        target = root / owned
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
+    remove_abandoned_partials(root)
+    partial = root.with_name(f".{root.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
     plan = _plan(config)
     log.info("Generating %d synthetic CelebA-Spoof images in %s", len(plan), root)
     labels: dict[str, dict[str, list[int]]] = {"train": {}, "test": {}}
     attributes = {s: identity_of(config.seed, s).attributes for s in {item[1] for item in plan}}
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(_write_one, [root] * len(plan), [config.seed] * len(plan), plan, chunksize=16))
+        with ProcessPoolExecutor(workers, initializer=die_with_parent) as pool:
+            results = list(pool.map(_write_one, [partial] * len(plan), [config.seed] * len(plan), plan, chunksize=16))
     else:
-        results = [_write_one(root, config.seed, item) for item in plan]
+        results = [_write_one(partial, config.seed, item) for item in plan]
     for (split, key, codes), item in zip(results, plan, strict=True):
         labels[split][key] = attributes[item[1]] + codes + [int(codes[0] != 0)]
-    metas = root / "metas" / "intra_test"
+    metas = partial / "metas" / "intra_test"
     metas.mkdir(parents=True, exist_ok=True)
     for split, split_labels in labels.items():
         (metas / f"{split}_label.json").write_text(json.dumps(split_labels))
-    marker.write_text(json.dumps(wanted))
+    (partial / MARKER).write_text(json.dumps(wanted))
+    if root.exists():
+        shutil.rmtree(root)  # empty, or an older generated dataset (it holds the marker)
+    os.replace(partial, root)
     return root
+
+
+def remove_abandoned_partials(root: Path) -> None:
+    """Delete the hidden folders that generating runs which no longer exist left beside `root`."""
+    for partial in root.parent.glob(f".{root.name}.partial-*"):
+        pid = partial.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not process_alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def die_with_parent() -> None:
+    """In a worker process: be sent SIGTERM when the parent dies (Linux), so a killed run leaves no
+    worker writing on. Elsewhere nothing is done."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 # --------------------------------------------------------------------------- the folder-format twin

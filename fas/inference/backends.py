@@ -16,11 +16,18 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from fas.convention import ModelInfo
+from fas.convention import ClassScheme, InputConvention, ModelInfo
 from fas.formats import format_of_file
 from fas.inference import tflite_file
 from fas.inference.onnx_file import OnnxFileError, has_metadata, read_metadata, read_onnx
-from fas.models.checkpoint import CheckpointMismatchError, first_line, read_checkpoint
+from fas.models import build_backbone
+from fas.models.checkpoint import (
+    CheckpointMismatchError,
+    backbone_state_dict,
+    check_fits,
+    first_line,
+    read_checkpoint,
+)
 from fas.models.pretrained import import_published
 from fas.registry import published
 
@@ -45,22 +52,29 @@ class TorchBackend:
     ) -> TorchBackend:
         """The backbone of a fas Lightning checkpoint, read safely (`read_checkpoint`) and rebuilt from its
         recorded hyperparameters, so nothing in the file but tensors and plain values is ever loaded."""
-        from fas.module import LivenessModule
-
         checkpoint = checkpoint if checkpoint is not None else read_checkpoint(path)
         if not is_lightning_checkpoint(checkpoint):
             raise CheckpointMismatchError(
                 f"{path}: not a fas Lightning checkpoint (no state_dict and hyper_parameters)"
             )
+        settings = checkpoint["hyper_parameters"]
         try:
-            module = LivenessModule(**checkpoint["hyper_parameters"])
-            module.load_state_dict(checkpoint["state_dict"])
+            convention = InputConvention.from_dict(settings["convention"])
+            class_scheme = ClassScheme.from_dict(settings["class_scheme"])
+            backbone = build_backbone(
+                settings["backbone"],
+                input_size=convention.input_size,
+                num_classes=class_scheme.num_classes,
+                embedding_size=settings.get("embedding_size", 128),
+                dropout=settings.get("dropout", 0.2),
+            )
+            state = backbone_state_dict(checkpoint)
+            check_fits(backbone, state, settings["backbone"], path)
+            backbone.load_state_dict(state)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise CheckpointMismatchError(f"{path}: not a fas Lightning checkpoint ({first_line(error)})") from None
-        module.on_load_checkpoint(checkpoint)
-        settings = {k: v for k, v in module.hparams.items() if isinstance(v, bool | int | float | str)}
-        info = ModelInfo(module.convention, module.class_scheme, module.hparams.backbone, settings)
-        return cls(module.backbone.to(memory_format=torch.contiguous_format), info, device)
+        plain = {k: v for k, v in settings.items() if isinstance(v, bool | int | float | str)}
+        return cls(backbone, ModelInfo(convention, class_scheme, settings["backbone"], plain), device)
 
     @classmethod
     def from_weights_file(cls, path: str | Path, device: str = "cpu", convention: str | None = None) -> TorchBackend:

@@ -24,6 +24,7 @@ from typing import Any
 
 from fas.data.sample import SPLITS, BadSample, DatasetError, Sample, SampleError, bb_path, read_box_file
 from fas.data.sources import MediaSource
+from fas.data.sources.manifest import LEAVES_ROOT, resolves_inside
 from fas.media import is_video_file, media_files
 
 
@@ -132,6 +133,9 @@ class FolderSource(MediaSource):
         relative = path.relative_to(self.root)
         key = relative.as_posix()
         fields = {"spoof_type": spoof_type, "subject": self.subject_of(relative), "split": split}
+        if path.is_symlink() and not resolves_inside(path, self.root):
+            yield BadSample(path, LEAVES_ROOT, key, split, spoof_type)
+            return
         if is_video_file(path):
             yield from self.video_records(path, key, None, **fields)
             return

@@ -34,12 +34,14 @@ from fas.data.sample import (
     SampleError,
     parse_box,
     parse_spoof_type,
+    spoof_type_name,
 )
 from fas.data.sources import MediaSource
 from fas.download import sha256_of
 from fas.media import is_video_file
 
 BOX_COLUMNS = ("x", "y", "w", "h")
+LEAVES_ROOT = "a link to a file outside the data folder; fas reads only files inside it (copy the file in)"
 
 
 class ManifestSource(MediaSource):
@@ -116,10 +118,37 @@ class ManifestSource(MediaSource):
                 yield number, {str(k).strip().lower(): (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
 
     def records(self, splits: Sequence[str] | None = None) -> Iterator[Sample | BadSample]:
+        """Every row in file order: its sample(s), or a BadSample saying why it cannot be one. A split that is
+        not train/val/test, or a file listed twice with different labels, stops the source with the lines."""
+        first_line: dict[tuple[str, str], tuple[int, int]] = {}  # (path, frame) -> (line, spoof type)
         for number, row in self.rows:
-            split = row.get("split") or None
+            split = self.split_of(row, number)
+            key = (os.path.normpath(str(row.get("path") or "")), str(row.get("frame") or ""))
+            spoof_type = self.spoof_type_of(row, f"{self.manifest}:{number}")
+            if key in first_line:
+                earlier, earlier_type = first_line[key]
+                if earlier_type != spoof_type:
+                    raise DatasetError(
+                        f"{self.manifest}:{number}: {row['path']} is listed again with label "
+                        f"{spoof_type_name(spoof_type)}, but line {earlier} gives it {spoof_type_name(earlier_type)}; "
+                        "keep one line per file"
+                    )
+                if splits is None or (split or "all") in splits:
+                    reason = f"line {number}: listed again (line {earlier}, same label); used once"
+                    yield BadSample(self.root / str(row["path"]), reason, f"{row['path']}@{number}", split, spoof_type)
+                continue
+            first_line[key] = (number, spoof_type)
             if splits is None or (split or "all") in splits:
                 yield from self.records_of(number, row)
+
+    def split_of(self, row: dict[str, Any], number: int) -> str | None:
+        split = row.get("split") or None
+        if split is not None and split not in SPLITS:
+            raise DatasetError(
+                f"{self.manifest}:{number}: split {split!r} is not one of {', '.join(SPLITS)}; "
+                "leave it empty to let fas split the rows by subject"
+            )
+        return split
 
     def records_of(self, number: int, row: dict[str, Any]) -> Iterator[Sample | BadSample]:
         where = f"{self.manifest}:{number}"
@@ -127,15 +156,16 @@ class ManifestSource(MediaSource):
             raise DatasetError(f"{where}: the row has no path")
         relative = str(row["path"])
         path = self.root / relative
-        split = row.get("split") or None
-        if split is not None and split not in SPLITS:
-            raise DatasetError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)} (or empty)")
+        split = self.split_of(row, number)
         spoof_type = self.spoof_type_of(row, where)
         key = relative
         if not inside(path, self.root):
             yield BadSample(
                 path, f"line {number}: the path leaves {self.root}; keep files inside it", key, split, spoof_type
             )
+            return
+        if path.is_symlink() and not resolves_inside(path, self.root):
+            yield BadSample(path, f"line {number}: {LEAVES_ROOT}", key, split, spoof_type)
             return
         if not path.is_file():
             yield BadSample(path, f"line {number}: file missing", key, split, spoof_type)
@@ -183,6 +213,11 @@ class ManifestSource(MediaSource):
         if any(row.get(column) not in (None, "") for column in BOX_COLUMNS):
             return parse_box([row.get(column) for column in BOX_COLUMNS], path, what)
         return None
+
+
+def resolves_inside(path: Path, root: Path) -> bool:
+    """True when `path`, its links followed, lies under `root` (its links followed too)."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
 
 
 def inside(path: Path, root: Path) -> bool:
