@@ -153,16 +153,19 @@ class ClassScheme:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What an exported model says about itself."""
+    """What a model file says about itself. `threshold` is the operating point chosen on its training run's
+    validation data (`{"value", "rule", "split"}`), which evaluation and prediction use unless told otherwise;
+    None for files that record none (published weights)."""
 
     convention: InputConvention
     class_scheme: ClassScheme
     backbone: str
     config: dict[str, Any] | None = None
+    threshold: dict[str, Any] | None = None
 
     def to_properties(self) -> dict[str, str]:
         """String key-value metadata, as ONNX and TFLite files carry it (`fas.convention`, `fas.class_scheme`,
-        `fas.backbone`, `fas.config`)."""
+        `fas.backbone`, `fas.config`, `fas.threshold`)."""
         properties = {
             "fas.convention": json.dumps(self.convention.to_dict()),
             "fas.class_scheme": json.dumps(self.class_scheme.to_dict()),
@@ -170,6 +173,8 @@ class ModelInfo:
         }
         if self.config is not None:
             properties["fas.config"] = json.dumps(self.config)
+        if self.threshold is not None:
+            properties["fas.threshold"] = json.dumps(self.threshold)
         return properties
 
     @classmethod
@@ -182,4 +187,5 @@ class ModelInfo:
             class_scheme=ClassScheme.from_dict(class_scheme),
             backbone=properties.get("fas.backbone", "unknown"),
             config=json.loads(properties["fas.config"]) if "fas.config" in properties else None,
+            threshold=json.loads(properties["fas.threshold"]) if "fas.threshold" in properties else None,
         )

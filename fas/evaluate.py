@@ -31,7 +31,15 @@ from fas.hydra_utils import (
 )
 from fas.inference.backends import Backend, load_backend
 from fas.media import set_max_pixels
-from fas.metrics import Scores, choose_threshold, pad_metrics, pad_metrics_per_source, spoof_scores
+from fas.metrics import (
+    Scores,
+    ThresholdChoice,
+    choose_threshold,
+    pad_metrics,
+    pad_metrics_per_source,
+    spoof_scores,
+)
+from fas.progress import ProgressLog
 from fas.report import (
     LABELS,
     ModelEvaluation,
@@ -110,21 +118,42 @@ def evaluate_model(backend: Backend, name: str, path: str, cfg: DictConfig) -> M
     datamodule = datamodule_for(cfg.data, backend.info, cfg.get("detector"), chosen_scheme)
     datamodule.prepare_data()
     datamodule.setup("test")
-    rule = cfg.threshold.rule
     scores = score_loader(backend, split_loader(datamodule, cfg.split), f"{name} {cfg.split}")
-    if rule == "fixed":
-        threshold = choose_threshold("fixed", value=cfg.threshold.value)
-    elif cfg.split == "test" and len(datamodule.splits["val"]) == 0:
-        threshold = choose_threshold(rule, scores, target_apcer=cfg.threshold.target_apcer, split=cfg.split)
-        threshold = replace(threshold, reason=NO_VALIDATION)
-        log.warning("%s: %s", name, NO_VALIDATION)
-    else:
-        val_scores = score_loader(backend, datamodule.val_dataloader(), f"{name} val")
-        threshold = choose_threshold(rule, val_scores, target_apcer=cfg.threshold.target_apcer, split="val")
+    threshold = decision_threshold(backend, name, path, datamodule, cfg, scores)
     attack_types = [t for t in datamodule.class_scheme.spoof_type_classes if t != 0]
     result = pad_metrics(scores, threshold.value, attack_types)
     per_source = pad_metrics_per_source(scores, threshold.value, attack_types, datamodule.source_names)
     return ModelEvaluation(name, str(path), backend.info, threshold, scores, result, per_source, datamodule.describe())
+
+
+def decision_threshold(
+    backend: Backend, name: str, path: str, datamodule: FaceDataModule, cfg: DictConfig, scores: Scores
+) -> ThresholdChoice:
+    """`threshold.rule=model` (default): the threshold the model file records (chosen on its training run's
+    validation data), so a cross-dataset evaluation applies the operating point the model ships with; a file
+    that records none (published weights) falls back to `eer`. `eer` / `apcer` choose it on the data's
+    validation part (else, with a warning in the report, on the evaluated data); `fixed` takes `value`."""
+    rule, recorded = cfg.threshold.rule, backend.info.threshold
+    if rule == "fixed":
+        return choose_threshold("fixed", value=cfg.threshold.value)
+    if rule == "model" and recorded is not None:
+        origin = f"recorded in {Path(path).name}: chosen by rule {recorded.get('rule')} on its training run's "
+        return ThresholdChoice("model", float(recorded["value"]), recorded.get("split"), origin + "validation data")
+    chosen_rule = "eer" if rule == "model" else rule
+    fallback = f"{Path(path).name} records no threshold; " if rule == "model" else ""
+    if cfg.split == "test" and len(datamodule.splits["val"]) == 0:
+        threshold = choose_threshold(chosen_rule, scores, split=cfg.split, **target(cfg))
+        log.warning("%s: %s%s", name, fallback, NO_VALIDATION)
+        return replace(threshold, reason=threshold.reason or fallback + NO_VALIDATION)
+    val_scores = score_loader(backend, datamodule.val_dataloader(), f"{name} val")
+    threshold = choose_threshold(chosen_rule, val_scores, split="val", **target(cfg))
+    if fallback and not threshold.reason:
+        threshold = replace(threshold, reason=fallback + "chosen on the data's validation part")
+    return threshold
+
+
+def target(cfg: DictConfig) -> dict[str, float]:
+    return {"target_apcer": cfg.threshold.target_apcer}
 
 
 def check_model_io(backend: Backend, path: str) -> None:
@@ -154,11 +183,14 @@ def score_loader(backend: Backend, loader: DataLoader, description: str) -> Scor
     """Spoof scores of every batch of `loader`, with a progress bar on terminals."""
     real = backend.info.class_scheme.real_class_index
     parts: dict[str, list[np.ndarray]] = {key: [] for key in Scores.FIELDS}
+    logged = ProgressLog(f"Scoring {description}", len(loader.dataset), "images")
     for batch in tqdm(loader, desc=description, unit="batch", disable=None, leave=False):
         logits = backend.logits(batch["image"].numpy())
+        logged.update(len(logits))
         parts["score"].append(spoof_scores(logits, real).numpy())
         for key in Scores.FIELDS[1:]:
             parts[key].append(np.asarray(batch[key]))
+    logged.finish()
     if not parts["score"]:
         return Scores(np.empty(0), np.empty(0, np.int64))
     return Scores(**{key: np.concatenate(values) for key, values in parts.items()})

@@ -24,6 +24,7 @@ from fas.convention import MIN_INPUT_SIZE
 from fas.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+THRESHOLD_RULES = ("model", "eer", "apcer", "fixed")  # evaluate.py's threshold.rule
 
 # Settings that moved, and where to: an override of the old key is refused in one line naming the new one.
 RENAMED_KEYS = {
@@ -145,6 +146,8 @@ def check_config(cfg: DictConfig) -> None:
     if model is not None:
         check_model(model)
     threshold = cfg.get("threshold")
+    if threshold is not None and threshold.get("rule") not in (None, *THRESHOLD_RULES):
+        raise ConfigError(f"threshold.rule={threshold.rule!r}: choose one of {', '.join(THRESHOLD_RULES)}")
     if threshold is not None and threshold.get("value") is not None:
         check_fraction("threshold.value", threshold.value)
     if threshold is not None and threshold.get("target_apcer") is not None:

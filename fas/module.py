@@ -28,7 +28,7 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 VAL_METRICS = ("auroc", "eer", "average_precision", "threshold")
-THRESHOLD_KEY = "fas_threshold"
+THRESHOLD_KEY = "fas_threshold"  # read back by fas.inference.backends.recorded_threshold
 
 
 class LivenessModule(L.LightningModule):
@@ -122,6 +122,9 @@ class LivenessModule(L.LightningModule):
         self._score(batch, self.val_scores)
 
     def on_validation_epoch_end(self) -> None:
+        if self._trainer is not None and self.trainer.sanity_checking:
+            self.val_scores.reset()  # a few batches to catch crashes early: no threshold is chosen on them
+            return
         scores = self.val_scores.compute()
         self.val_scores.reset()
         self.threshold = choose_threshold("eer", scores, split="val")

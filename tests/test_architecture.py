@@ -19,7 +19,7 @@ from conftest import REPO_ROOT
 # Lowest first. A prefix names a package and everything in it; the longest matching prefix decides.
 LAYERS = [
     ["fas.errors"],
-    ["fas.cli", "fas.hardware", "fas.formats"],
+    ["fas.cli", "fas.hardware", "fas.formats", "fas.progress"],
     ["fas.convention", "fas.media", "fas.registry", "fas.download"],
     ["fas.models"],
     ["fas.data.crop", "fas.data.sample", "fas.losses", "fas.metrics", "fas.detect"],

@@ -90,8 +90,8 @@ def test_training_test_step_and_evaluate_agree(trained: dict[str, Path], tiny_da
     trainer.validate(module, datamodule=datamodule)
     trainer.test(module, datamodule=datamodule)
     _, from_training, _ = module.test_evaluation
-    files = evaluate(compose_evaluate([f"ckpt_path={trained['ckpt']}", *TINY, f"data.root={tiny_data}"], tmp_path))
-    (from_evaluate,) = json.loads(files.metrics.read_text())["models"]
+    overrides = [f"ckpt_path={trained['ckpt']}", *TINY, f"data.root={tiny_data}", "threshold.rule=eer"]
+    (from_evaluate,) = json.loads(evaluate(compose_evaluate(overrides, tmp_path)).metrics.read_text())["models"]
     assert module.threshold.value == pytest.approx(from_evaluate["threshold_choice"]["value"], rel=1e-6)
     for key in METRIC_KEYS:
         assert from_training.metrics[key] == pytest.approx(from_evaluate["metrics"][key], abs=1e-6), key
@@ -149,7 +149,13 @@ def live_only_data(tiny_data: Path, tmp_path: Path) -> Path:
 def test_dataset_without_spoofs_reports_undefined_metrics(
     trained: dict[str, Path], live_only_data: Path, tmp_path: Path
 ) -> None:
-    overrides = [f"ckpt_path={trained['ckpt']}", *TINY, f"data.root={live_only_data}", "logger=csv"]
+    overrides = [
+        f"ckpt_path={trained['ckpt']}",
+        *TINY,
+        f"data.root={live_only_data}",
+        "logger=csv",
+        "threshold.rule=eer",
+    ]
     cfg = compose_evaluate(overrides, tmp_path)
     with pytest.warns(UserWarning, match=r"Cannot choose the decision threshold: the val split has no attack"):
         files = evaluate(cfg)
@@ -269,8 +275,37 @@ def test_a_folder_without_parts_is_evaluated_whole(
     shutil.copytree(tiny_folder / "test", root)
     yunet = reference_dir / "yunet/face_detection_yunet_2023mar.onnx"
     overrides = [f"ckpt_path={trained['onnx']}", "data=folder", f"data.root={root}", "data.num_workers=0"]
-    overrides += [f"detector.model_path={yunet}", f"paths.data_dir={tmp_path / 'data'}"]
+    overrides += [f"detector.model_path={yunet}", f"paths.data_dir={tmp_path / 'data'}", "threshold.rule=eer"]
     (model,) = json.loads(evaluate(compose_evaluate(overrides, tmp_path)).metrics.read_text())["models"]
     threshold = model["threshold_choice"]
     assert threshold["split"] == "test" and "no validation part" in threshold["reason"]
     assert "no validation part" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_the_models_recorded_threshold_travels_with_its_export(
+    trained: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    """By default evaluation applies the operating point the model file records (chosen on its training run's
+    validation data), the checkpoint and its ONNX export alike; a file without one falls back to eer."""
+    recorded = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)["fas_threshold"]["value"]
+    assert read_metadata(trained["onnx"]).threshold["value"] == pytest.approx(recorded)
+    models = f"[{trained['ckpt']},{trained['onnx']}]"
+    payload = json.loads(
+        evaluate(
+            compose_evaluate([f"ckpt_path={models}", *TINY, f"data.root={tiny_data}"], tmp_path)
+        ).metrics.read_text()
+    )
+    for model in payload["models"]:
+        choice = model["threshold_choice"]
+        assert choice["rule"] == "model" and choice["value"] == pytest.approx(recorded)
+        assert choice["reason"].startswith(f"recorded in {Path(model['path']).name}: chosen by rule eer")
+    proto = onnx.load(str(trained["onnx"]))
+    info = read_metadata(proto)
+    write_metadata(proto, replace(info, threshold=None))
+    del proto.metadata_props[:]
+    write_metadata(proto, replace(info, threshold=None))
+    onnx.save(proto, str(tmp_path / "bare.onnx"))
+    bare = compose_evaluate([f"ckpt_path={tmp_path / 'bare.onnx'}", *TINY, f"data.root={tiny_data}"], tmp_path / "b")
+    (model,) = json.loads(evaluate(bare).metrics.read_text())["models"]
+    assert model["threshold_choice"]["rule"] == "eer" and model["threshold_choice"]["split"] == "val"
+    assert model["threshold_choice"]["reason"].startswith("bare.onnx records no threshold")

@@ -6,6 +6,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from fas.detect import Face, YuNetDetector
 from fas.errors import ConfigError
@@ -91,3 +92,9 @@ def test_no_models_or_no_detector_are_config_errors(reference_dir: Path) -> None
         LivenessPredictor({})
     with pytest.raises(ConfigError, match="no face detector"):
         LivenessPredictor.from_files([reference_dir / SURI], threshold=0.5).predict(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_a_single_model_is_judged_at_the_threshold_its_file_records(ranked_checkpoint: Path) -> None:
+    recorded = torch.load(ranked_checkpoint, map_location="cpu", weights_only=True)["fas_threshold"]["value"]
+    assert LivenessPredictor.from_files([ranked_checkpoint]).threshold == pytest.approx(recorded)
+    assert LivenessPredictor.from_files([ranked_checkpoint], threshold=0.5).threshold == 0.5

@@ -74,7 +74,8 @@ class TorchBackend:
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise CheckpointMismatchError(f"{path}: not a fas Lightning checkpoint ({first_line(error)})") from None
         plain = {k: v for k, v in settings.items() if isinstance(v, bool | int | float | str)}
-        return cls(backbone, ModelInfo(convention, class_scheme, settings["backbone"], plain), device)
+        info = ModelInfo(convention, class_scheme, settings["backbone"], plain, recorded_threshold(checkpoint))
+        return cls(backbone, info, device)
 
     @classmethod
     def from_weights_file(cls, path: str | Path, device: str = "cpu", convention: str | None = None) -> TorchBackend:
@@ -178,6 +179,17 @@ class TfliteBackend:
             outputs.append(output[0])
         logits = np.stack(outputs) if outputs else np.empty((0, int(self.output["shape"][-1])), np.float32)
         return np.log(np.maximum(logits, 1e-30)) if self.outputs_probabilities else logits
+
+
+THRESHOLD_KEY = "fas_threshold"  # where LivenessModule.on_save_checkpoint records the validation threshold
+
+
+def recorded_threshold(checkpoint: dict) -> dict[str, Any] | None:
+    """The decision threshold a fas checkpoint's validation chose (`{"value", "rule", "split"}`), or None."""
+    choice = checkpoint.get(THRESHOLD_KEY)
+    if not isinstance(choice, dict) or not isinstance(choice.get("value"), int | float):
+        return None
+    return {"value": float(choice["value"]), "rule": choice.get("rule"), "split": choice.get("split")}
 
 
 def is_lightning_checkpoint(checkpoint: dict) -> bool:

@@ -3,11 +3,14 @@
 Fusion is Silent-Face's (its `test.py` and Android app): each model sees its own crop, softmax per
 model, mean of the probability vectors. The decision is either the argmax of that mean (real iff it
 is the real class: `threshold=None`, what Silent-Face does) or a threshold on the fused spoof score
-`1 - mean p(real)` (spoof iff score > threshold; suri-liveness's demo is threshold 0.5).
+`1 - mean p(real)` (spoof iff score > threshold; suri-liveness's demo is threshold 0.5). A single model
+whose file records its operating point (fas checkpoints and exports) is judged at that threshold unless
+one is given.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,8 @@ from fas.download import resolve_model_file
 from fas.errors import ConfigError
 from fas.inference.backends import Backend, load_backend
 from fas.inference.preprocess import face_batch
+
+log = logging.getLogger(__name__)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -76,6 +81,12 @@ class LivenessPredictor:
             raise ConfigError("the predictor needs at least one liveness model (liveness.models)")
         self.models = dict(models)
         self.detector = detector
+        recorded = [backend.info.threshold for backend in self.models.values()]
+        if threshold is None and len(recorded) == 1 and recorded[0] is not None:
+            threshold = float(recorded[0]["value"])  # the operating point the model file ships with
+            log.info(
+                "threshold %.4f: recorded in %s (chosen on its training run's validation data)", threshold, *models
+            )
         self.threshold = threshold
         schemes = {_class_layout(backend.info.class_scheme) for backend in self.models.values()}
         self.same_classes = len(schemes) == 1

@@ -36,6 +36,7 @@ from fas.convention import ClassScheme, InputConvention, ModelInfo
 from fas.errors import ConfigError
 from fas.models import build_backbone
 from fas.models.checkpoint import (
+    PREFIXES,
     CheckpointMismatchError,
     backbone_state_dict,
     check_fits,
@@ -209,7 +210,19 @@ def load_pretrained(
     """`train.py pretrained=<file>`: load the weights, and warn when the data feeds the model another
     input convention than the one it learnt (fine-tuning then starts from features that do not fit)."""
     load_backbone_weights(backbone, path, expected_name, reinit_classifier)
-    recorded = recorded_convention(path, read_checkpoint(path))
+    checkpoint = read_checkpoint(path)
+    loaded = backbone_state_dict(checkpoint)
+    left_out = sorted({key.split(".")[0] for key in checkpoint_tensors(checkpoint)} - {k.split(".")[0] for k in loaded})
+    log.info(
+        "pretrained %s: loaded %d tensors (%s parameters) into %s%s%s",
+        path,
+        len(loaded),
+        f"{sum(v.numel() for v in loaded.values()):,}",
+        expected_name,
+        ", classifier re-initialised" if reinit_classifier else "",
+        f"; left out: {', '.join(left_out)}" if left_out else "",
+    )
+    recorded = recorded_convention(path, checkpoint)
     differences = convention_differences(recorded, convention) if recorded else []
     if differences:
         log.warning(
@@ -218,6 +231,18 @@ def load_pretrained(
             path,
             "; ".join(differences),
         )
+
+
+def checkpoint_tensors(checkpoint: dict[str, Any]) -> list[str]:
+    """The tensor keys of any checkpoint layout, wrapper prefixes stripped (what `backbone_state_dict` keeps
+    and what it drops, e.g. the Fourier head)."""
+    state = checkpoint.get("state_dict") or checkpoint.get("model_state_dict") or checkpoint
+    keys = []
+    for key in state:
+        while key.startswith(PREFIXES):
+            key = key.split(".", 1)[1]
+        keys.append(key)
+    return keys
 
 
 def convention_differences(recorded: InputConvention, used: InputConvention) -> list[str]:

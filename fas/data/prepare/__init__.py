@@ -54,6 +54,7 @@ from fas.data.sources import Source
 from fas.data.sources.celeba_spoof import DEFAULT_PROTOCOL, CelebASpoofSource
 from fas.detect import Face, choose_face
 from fas.media import MediaError, read_frames, read_image
+from fas.progress import ProgressLog
 
 log = logging.getLogger(__name__)
 
@@ -316,27 +317,39 @@ class FaceMemo:
 
 
 def run_chunks(chunks: Iterator[Chunk], records: int, job: CropJob, workers: int, progress: bool) -> None:
-    """Crop the chunks, in this process or in `workers` processes with at most 2 chunks each in flight."""
+    """Crop the chunks, in this process or in `workers` processes with at most 2 chunks each in flight; the
+    progress goes to a bar (`progress`, on a terminal) and to the log (when the output is not a terminal)."""
+    logged = ProgressLog(f"Cropping into {job.output}", records, "records")
     with tqdm(total=records, unit="img", desc="Cropping", disable=not progress) as bar:
-        if workers == 1:
-            for chunk in chunks:
-                bar.update(crop_chunk(job, chunk))
-            return
-        # spawn, not fork: a forked child can inherit a lock held by a thread of the parent (OpenCV's
-        # or torch's pool, e.g. inside a test run or a notebook) and hang on its first cv2 call.
-        spawn = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=cv2.setNumThreads, initargs=(1,))
-        try:
-            in_flight: set[Future[int]] = set()
-            for chunk in chunks:
-                if len(in_flight) >= 2 * workers:
-                    finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                    bar.update(sum(future.result() for future in finished))
-                in_flight.add(pool.submit(crop_chunk, job, chunk))
-            for future in as_completed(in_flight):
-                bar.update(future.result())
-        finally:
-            pool.shutdown(cancel_futures=True)
+
+        def done(count: int) -> None:
+            bar.update(count)
+            logged.update(count)
+
+        crop_all(chunks, job, workers, done)
+    logged.finish()
+
+
+def crop_all(chunks: Iterator[Chunk], job: CropJob, workers: int, done: Callable[[int], None]) -> None:
+    if workers == 1:
+        for chunk in chunks:
+            done(crop_chunk(job, chunk))
+        return
+    # spawn, not fork: a forked child can inherit a lock held by a thread of the parent (OpenCV's
+    # or torch's pool, e.g. inside a test run or a notebook) and hang on its first cv2 call.
+    spawn = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=spawn, initializer=cv2.setNumThreads, initargs=(1,))
+    try:
+        in_flight: set[Future[int]] = set()
+        for chunk in chunks:
+            if len(in_flight) >= 2 * workers:
+                finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                done(sum(future.result() for future in finished))
+            in_flight.add(pool.submit(crop_chunk, job, chunk))
+        for future in as_completed(in_flight):
+            done(future.result())
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def chunk_images(chunk: Chunk) -> Iterator[tuple[int, Sample | BadSample, np.ndarray | MediaError | None]]:
