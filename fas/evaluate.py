@@ -115,7 +115,9 @@ def evaluate(cfg: DictConfig) -> ReportFiles:
 def evaluate_model(backend: Backend, name: str, path: str, cfg: DictConfig) -> ModelEvaluation:
     """Score one model on the validation split (for the threshold) and on `cfg.split`."""
     chosen_scheme = hydra.utils.instantiate(cfg.class_scheme) if cfg.get("class_scheme") else None
-    datamodule = datamodule_for(cfg.data, backend.info, cfg.get("detector"), chosen_scheme)
+    needs_val = cfg.threshold.rule in ("eer", "apcer") or (cfg.threshold.rule == "model" and not backend.info.threshold)
+    needed = (cfg.split, "val") if needs_val else (cfg.split,)  # only what is scored is detected and cropped
+    datamodule = datamodule_for(cfg.data, backend.info, cfg.get("detector"), chosen_scheme, needed)
     datamodule.prepare_data()
     datamodule.setup("test")
     scores = score_loader(backend, split_loader(datamodule, cfg.split), f"{name} {cfg.split}")

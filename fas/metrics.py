@@ -392,6 +392,7 @@ def pad_metrics(scores: Scores, threshold: float | None, attack_types: Iterable[
         breakdowns={
             name: _breakdown(scores, getattr(scores, name), names, flagged, has_threshold)
             for name, names in BREAKDOWNS.items()
+            if name == "spoof_type" or np.any(getattr(scores, name) != 0)  # recorded only by CelebA-Spoof
         },
         undefined=out.undefined,
     )

@@ -282,7 +282,9 @@ def _model_blocks(e: ModelEvaluation) -> list[Block]:
             )
         )
     for attribute in BREAKDOWNS:
-        groups = e.result.breakdowns.get(attribute, {})
+        if attribute not in e.result.breakdowns:
+            continue  # the data does not record it (illumination and environment are CelebA-Spoof's)
+        groups = e.result.breakdowns[attribute]
         blocks.append(("h", 3, f"By {attribute.replace('_', ' ')}"))
         rows = [
             [

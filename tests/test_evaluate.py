@@ -309,3 +309,21 @@ def test_the_models_recorded_threshold_travels_with_its_export(
     (model,) = json.loads(evaluate(bare).metrics.read_text())["models"]
     assert model["threshold_choice"]["rule"] == "eer" and model["threshold_choice"]["split"] == "val"
     assert model["threshold_choice"]["reason"].startswith("bare.onnx records no threshold")
+
+
+def test_only_the_parts_a_run_scores_are_detected_and_cropped(
+    trained: dict[str, Path], tiny_folder: Path, reference_dir: Path, tmp_path: Path
+) -> None:
+    """With the model's own threshold only test/ is cropped; a threshold chosen on validation data adds the
+    train/ part it is held out from, the faces found before reused."""
+    yunet = reference_dir / "yunet/face_detection_yunet_2023mar.onnx"
+    base = [f"ckpt_path={trained['onnx']}", "data=folder", f"data.root={tiny_folder}", "data.num_workers=0"]
+    base += [f"detector.model_path={yunet}", f"paths.data_dir={tmp_path / 'data'}"]
+    evaluate(compose_evaluate(base, tmp_path / "a"))
+    (cache,) = (p for p in (tmp_path / "data" / "prepared").iterdir() if p.is_dir())
+    assert list(json.loads((cache / "manifest.json").read_text())["rows"]) == ["test"]
+    (model,) = json.loads(
+        evaluate(compose_evaluate([*base, "threshold.rule=eer"], tmp_path / "b")).metrics.read_text()
+    )["models"]
+    assert list(json.loads((cache / "manifest.json").read_text())["rows"]) == ["train", "test"]
+    assert model["threshold_choice"]["split"] == "val"

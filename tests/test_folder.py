@@ -129,3 +129,16 @@ def test_settings_and_fingerprint_follow_the_tree(tiny_folder: Path, tmp_path: P
     next(root.rglob("*.jpg")).write_bytes(b"changed")
     assert source.fingerprint() != before
     assert FolderSource(str(root), labels={"replay": 9}).settings()["labels"]["replay"] == 9
+
+
+def test_image_stride_thins_each_folder_of_extracted_frames(tiny_folder: Path) -> None:
+    every = [r for r in FolderSource(str(tiny_folder)).records() if r.frame is None]
+    thinned = [r for r in FolderSource(str(tiny_folder), image_stride=3).records() if r.frame is None]
+    by_folder: dict[Path, list[str]] = {}
+    for record in every:
+        by_folder.setdefault(record.path.parent, []).append(record.key)
+    expected = [key for keys in by_folder.values() for key in sorted(keys)[::3]]
+    assert sorted(r.key for r in thinned) == sorted(expected) and len(thinned) < len(every) / 2
+    videos = [r for r in FolderSource(str(tiny_folder), image_stride=3).records() if r.frame is not None]
+    assert len(videos) == sum(r.frame is not None for r in FolderSource(str(tiny_folder)).records())
+    assert FolderSource(str(tiny_folder), image_stride=3).settings()["image_stride"] == 3

@@ -36,13 +36,14 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_columns_boxes_frames_and_subjects(tiny_folder: Path) -> None:
-    image = next((tiny_folder / "train/live").rglob("*.jpg")).relative_to(tiny_folder).as_posix()
+    images = [p.relative_to(tiny_folder).as_posix() for p in sorted((tiny_folder / "train/live").rglob("*.jpg"))[:3]]
+    image = images[2]
     clip = next((tiny_folder / "test/live").rglob("clip.mp4")).relative_to(tiny_folder).as_posix()
     manifest = write(
         tiny_folder / "custom.csv",
         "path,label,spoof_type,subject,split,box,x,y,w,h,frame\n"
-        f"{image},live,,p1,train,10 20 30 40,,,,,\n"
-        f"{image},,poster,p1,train,,1,2,3,4,\n"
+        f"{images[0]},live,,p1,train,10 20 30 40,,,,,\n"
+        f"{images[1]},,poster,p1,train,,1,2,3,4,\n"
         f"{image},attack,,,test,,,,,,\n"
         f"{clip},replay,,p2,test,,,,,,3\n"
         f"{clip},bonafide,,,,,,,,,\n",
@@ -58,8 +59,10 @@ def test_columns_boxes_frames_and_subjects(tiny_folder: Path) -> None:
 
 
 def test_json_lines(tiny_folder: Path) -> None:
-    image = next((tiny_folder / "train/spoof/print").rglob("*.jpg")).relative_to(tiny_folder).as_posix()
-    rows = [{"path": image, "label": "print", "box": [5, 6, 7, 8], "subject": 12}, {"path": image, "spoof_type": 9}]
+    first, image = (
+        p.relative_to(tiny_folder).as_posix() for p in sorted((tiny_folder / "train/spoof/print").rglob("*.jpg"))[:2]
+    )
+    rows = [{"path": first, "label": "print", "box": [5, 6, 7, 8], "subject": 12}, {"path": image, "spoof_type": 9}]
     manifest = write(tiny_folder / "list.jsonl", "\n".join(json.dumps(row) for row in rows) + "\n\n")
     samples, _ = records(ManifestSource(str(manifest)))
     assert [(s.spoof_type, s.box, s.subject) for s in samples] == [(1, (5, 6, 7, 8), "12"), (9, None, image)]
@@ -69,7 +72,8 @@ def test_faulty_rows_are_listed_by_line(tiny_folder: Path, tmp_path: Path) -> No
     image = next(tiny_folder.rglob("*.jpg"))
     root = tmp_path / "data"
     root.mkdir()
-    (root / "a.jpg").write_bytes(image.read_bytes())
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (root / name).write_bytes(image.read_bytes())
     manifest = write(
         root / "list.csv",
         "path,label,box,frame\n"
@@ -77,8 +81,8 @@ def test_faulty_rows_are_listed_by_line(tiny_folder: Path, tmp_path: Path) -> No
         "gone.jpg,live,,\n"
         f"../{image.name},live,,\n"
         f"{image},live,,\n"
-        "a.jpg,live,1 2 x 4,\n"
-        "a.jpg,live,,two\n",
+        "b.jpg,live,1 2 x 4,\n"
+        "c.jpg,live,,two\n",
     )
     samples, bad = records(ManifestSource(str(manifest)))
     assert [s.key for s in samples] == ["a.jpg"]
@@ -100,7 +104,7 @@ def test_faulty_rows_are_listed_by_line(tiny_folder: Path, tmp_path: Path) -> No
         ),
         ("path,label\na.jpg,cartoon\n", r"list.csv:2: label 'cartoon' maps to no spoof type; add it as \+data"),
         ("path,spoof_type\na.jpg,42\n", r"list.csv:2: spoof_type: '42' is not a spoof type"),
-        ("path,label,split\na.jpg,live,dev\n", r"list.csv:2: split 'dev' is not one of train, val, test"),
+        ("path,label,split\na.jpg,live,dev\n", r"list.csv:2: split 'dev' is not one of train, val, test; leave it"),
     ],
 )
 def test_malformed_manifests_name_the_line_and_the_fix(tmp_path: Path, text: str, message: str) -> None:

@@ -76,7 +76,9 @@ class FaceDataModule(L.LightningDataModule):
     name it is given here. `held_out` names a source that is tested on whole and not trained on
     (leave-one-dataset-out). `unsplit` says what becomes of a source without train/test parts: `split` by
     subject into all three (training), or `test` whole (evaluation). `detector` builds the face detector
-    for sources whose records lack boxes; `prepared_dir` is where their automatic caches go.
+    for sources whose records lack boxes; `prepared_dir` is where their automatic caches go. `needed_splits`
+    (e.g. `("test",)` for an evaluation that takes the model's own threshold) limits what is read, detected
+    and cropped to the parts those splits come from; None reads everything.
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class FaceDataModule(L.LightningDataModule):
         train_transform: Transform | None = None,
         detector: Callable[[], Any] | None = None,
         prepared_dir: str | None = None,
+        needed_splits: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         if not sources:
@@ -129,6 +132,7 @@ class FaceDataModule(L.LightningDataModule):
         self.train_transform = train_transform
         self.detector = detector
         self.prepared_dir = Path(prepared_dir) if prepared_dir else None
+        self.needed_splits = tuple(needed_splits) if needed_splits is not None else None
         self.samples: dict[str, list[Sample]] = {}
         self.splits: dict[str, SplitDataset] = {}
 
@@ -160,20 +164,48 @@ class FaceDataModule(L.LightningDataModule):
         base = self.prepared_dir or cache_dir() / "prepared"
         return base / f"{source.name}-{self.convention.input_size}px-{digest}"
 
+    def source_splits(self, source: Source) -> tuple[str, ...]:
+        """The parts of a source the datamodule's `needed_splits` read: test from its test part (or all of an
+        unsplit source), validation from its val part or, when it has none, its train part (held out by
+        subject); every part when `needed_splits` is None."""
+        have = source.splits
+        if self.needed_splits is None:
+            return have
+        wanted = set()
+        for split in self.needed_splits:
+            if split in have:
+                wanted.add(split)
+            elif split == "val" and "train" in have:
+                wanted.add("train")
+            elif "all" in have:
+                wanted.add("all")
+        return tuple(part for part in have if part in wanted)
+
     def prepare_cache(self, source: Source, cache: Path) -> None:
-        """Make (or finish, or refresh) the automatic cache of a folder or manifest source. The faces found
-        are remembered beside it, so the source prepared at another crop is not searched for faces again."""
+        """Make (or finish, extend or refresh) the automatic cache of a folder or manifest source, for the parts
+        this run reads. The faces found are remembered beside it, so preparing the source again (another crop,
+        another part) searches no face twice."""
+        splits = self.source_splits(source)
         if (cache / "manifest.json").is_file():
             manifest = read_manifest(cache)
-            if manifest.get("files_sha256") != source.fingerprint():
+            cached = tuple(manifest["rows"])
+            if manifest.get("files_sha256") != source.fingerprint(cached):
                 log.info("%s changed since %s was prepared; preparing it again", source.root, cache)
                 shutil.rmtree(cache)
-            elif manifest.get("complete"):
+            elif manifest.get("complete") and set(splits) <= set(cached):
                 return
+            elif not manifest.get("complete") and set(splits) != set(cached):
+                shutil.rmtree(cache)  # an interrupted preparation of other parts: start this one afresh
+            elif manifest.get("complete"):
+                splits = tuple(part for part in source.splits if part in set(splits) | set(cached))
+                log.info("%s: adding the part(s) %s to %s", source.name, ", ".join(set(splits) - set(cached)), cache)
+                shutil.rmtree(cache)
         identity = json.dumps([source.settings(), source.fingerprint(), repr(self.detector)], sort_keys=True)
         faces = cache.parent / f"{source.name}-faces-{hashlib.sha256(identity.encode()).hexdigest()[:12]}.tsv"
         workers = max(1, self.num_workers)
-        summary = prepare(source, cache, self.convention, self.detector, workers=workers, progress=False, faces=faces)
+        summary = prepare(
+            source, cache, self.convention, self.detector, splits, workers=workers, progress=False, faces=faces
+        )
         log.info("%s", summary)
 
     def setup(self, stage: str | None = None) -> None:
@@ -216,9 +248,15 @@ class FaceDataModule(L.LightningDataModule):
                     skipped,
                     skipped_path(cache),
                 )
-            return [s for split in cached_splits(cache) for s in read_cached_split(cache, split, source.name)]
+            wanted = self.source_splits(source)
+            return [
+                sample
+                for split in cached_splits(cache)
+                if split in wanted
+                for sample in read_cached_split(cache, split, source.name)
+            ]
         samples, bad = [], []
-        for record in source.records():
+        for record in source.records(self.source_splits(source)):
             (samples if isinstance(record, Sample) else bad).append(record)
         if self.check_images:
             samples, undecodable = self.decodable(source, samples)
@@ -351,16 +389,19 @@ def datamodule_for(
     info: ModelInfo,
     detector_cfg: DictConfig | None = None,
     class_scheme: ClassScheme | None = None,
+    needed_splits: Sequence[str] | None = None,
 ) -> FaceDataModule:
     """The data config's data cropped with a model's recorded input convention and labelled by its class
     scheme (or `class_scheme`), without augmentation: what evaluation and export score a model on.
 
     The scheme replaces the config's whole (a merge would keep spoof types the model has no class for).
+    `needed_splits` limits what is read and cropped (see `FaceDataModule`).
     """
     scheme = class_scheme or info.class_scheme
     settings = {
         "convention": {"_target_": "fas.convention.InputConvention", **info.convention.to_dict()},
         "class_scheme": {"_target_": "fas.convention.ClassScheme", **scheme.to_dict()},
         "train_transform": None,
+        "needed_splits": list(needed_splits) if needed_splits is not None else None,
     }
     return instantiate_datamodule(data_cfg, settings, detector=detector_factory(detector_cfg))

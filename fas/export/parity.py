@@ -130,7 +130,22 @@ def markdown(report: dict[str, Any]) -> str:
         settings += f" Graph rewrites for CPU: {'on' if report['optimize'] else 'off'}."
     cpu = report.get("cpu")
     measured = f" Latency measured on {describe_cpu(cpu)}." if cpu else ""
+    threshold = report.get("threshold")
+    operating = (
+        f"the model's operating threshold, {threshold['value']:.4f} (chosen on its training run's validation "
+        "data and recorded in every file), is what its test metrics and evaluate.py apply"
+        if threshold
+        else "the model records no operating threshold"
+    )
+    decisions = (
+        "Accuracy and decision agreement here are argmax decisions (the most probable class), which compare the "
+        f"files with each other; {operating}."
+    )
     return (
         f"# {kind} export of {report['backbone']} ({report['input_size']}x{report['input_size']})\n\n"
-        f"Test split: {report['test_images']} crops. {settings}{measured}\n\n" + "\n".join(rows) + "\n"
+        f"Test split: {report['test_images']} crops. {settings}{measured}\n\n"
+        + "\n".join(rows)
+        + "\n\n"
+        + decisions
+        + "\n"
     )

@@ -178,6 +178,7 @@ def finish_export(
         "input_size": backend.info.convention.input_size,
         "class_names": list(backend.info.class_scheme.class_names),
         "real_class_index": backend.info.class_scheme.real_class_index,
+        "threshold": backend.info.threshold,
         **settings,
         **parity(backend, fp32, int8, test, backend.info.class_scheme.real_class_index),
     }

@@ -43,10 +43,18 @@ class FolderSource(MediaSource):
         frame_stride: int | None = None,
         weight: float = 1.0,
         cache: str | None = None,
+        image_stride: int | None = None,
     ) -> None:
         if root is None:
             raise DatasetError(f"the root of data source '{name}' is not set: pass data.root=/path/to/your/folder")
         super().__init__(name, Path(root), labels, frames_per_video, frame_stride, weight, cache)
+        if image_stride is not None and (
+            isinstance(image_stride, bool) or not isinstance(image_stride, int) or image_stride < 1
+        ):
+            raise DatasetError(
+                f"data.sources.{name}.image_stride={image_stride!r}: give a positive whole number, or null"
+            )
+        self.image_stride = image_stride
         self.subject_regex = subject_regex
         self.subject_pattern = re.compile(subject_regex) if subject_regex else None
 
@@ -57,12 +65,26 @@ class FolderSource(MediaSource):
             raise DatasetError(f"{self.root}: the root of data source '{self.name}' does not exist")
 
     def settings(self) -> dict[str, Any]:
-        return {**super().settings(), "subject_regex": self.subject_regex}
+        return {**super().settings(), "subject_regex": self.subject_regex, "image_stride": self.image_stride}
 
     @functools.cached_property
     def files(self) -> tuple[tuple[Path, str | None], ...]:
-        """Every image and video under the root with its split (None outside train/val/test), walked once."""
-        return tuple((path, split_of(path.relative_to(self.root))) for path in media_files(self.root))
+        """Every image and video under the root with its split (None outside train/val/test), walked once;
+        with `image_stride`, every image_stride-th image of each folder (frames already extracted from videos
+        are thinned as `frame_stride` thins videos)."""
+        files = media_files(self.root)
+        if self.image_stride:
+            position: dict[Path, int] = {}
+            kept = []
+            for path in files:
+                if is_video_file(path):
+                    kept.append(path)
+                    continue
+                index = position[path.parent] = position.get(path.parent, -1) + 1
+                if index % self.image_stride == 0:
+                    kept.append(path)
+            files = kept
+        return tuple((path, split_of(path.relative_to(self.root))) for path in files)
 
     @property
     def splits(self) -> tuple[str, ...]:
