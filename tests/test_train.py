@@ -342,3 +342,14 @@ def test_mixed_sources_report_per_source_metrics_and_resume_exactly(
     whole, resumed = final_weights(tmp_path / "whole"), final_weights(tmp_path / "first")
     for key in whole:
         assert torch.equal(whole[key], resumed[key]), key
+
+
+def test_a_best_checkpoint_from_the_resumed_run_says_so(tmp_path: Path) -> None:
+    from fas.train import resumed_note
+
+    old, new = tmp_path / "old_run", tmp_path / "new_run"
+    assert resumed_note(str(old / "checkpoints/epoch_003.ckpt"), new).startswith(
+        " (written by the run this one resumed from"
+    )
+    assert resumed_note(str(new / "checkpoints/epoch_005.ckpt"), new) == ""
+    assert resumed_note(None, new) == ""
