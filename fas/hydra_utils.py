@@ -145,6 +145,9 @@ def check_config(cfg: DictConfig) -> None:
     model = cfg.get("model")
     if model is not None:
         check_model(model)
+    finetune = cfg.get("finetune")
+    if finetune is not None and finetune.get("interpolation") is not None:
+        check_fraction("finetune.interpolation", finetune.interpolation)
     threshold = cfg.get("threshold")
     if threshold is not None and threshold.get("rule") not in (None, *THRESHOLD_RULES):
         raise ConfigError(f"threshold.rule={threshold.rule!r}: choose one of {', '.join(THRESHOLD_RULES)}")
