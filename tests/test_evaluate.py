@@ -327,3 +327,7 @@ def test_only_the_parts_a_run_scores_are_detected_and_cropped(
     )["models"]
     assert list(json.loads((cache / "manifest.json").read_text())["rows"]) == ["train", "test"]
     assert model["threshold_choice"]["split"] == "val"
+    (on_val,) = json.loads(evaluate(compose_evaluate([*base, "split=val"], tmp_path / "c")).metrics.read_text())[
+        "models"
+    ]
+    assert sum(on_val["counts"].values()) > 0  # the validation part alone is scored

@@ -219,7 +219,10 @@ class FaceDataModule(L.LightningDataModule):
                 self.samples.setdefault(split, []).extend(samples)
                 if samples:
                     parts[split].append((index, self.dataset(source, samples)))
-        for split in ("train", "test") if stage in (None, "fit") else ("test",):
+        required = ("train", "test") if stage in (None, "fit") else ("test",)
+        if self.needed_splits is not None:  # an evaluation of another split (split=val) requires that one
+            required = tuple(s for s in required if s in self.needed_splits) or self.needed_splits[:1]
+        for split in required:
             if not self.samples.get(split):
                 raise DatasetError(
                     f"{self.describe()}: the {split} split has no usable samples for class scheme "
