@@ -12,6 +12,7 @@ fine-tuning from `pretrained=<name>` and the downloads all read it; nothing rest
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ def read_registry(path: str | Path = REGISTRY_PATH) -> dict[str, RegistryEntry]:
     return {name: RegistryEntry(name=name, **values) for name, values in models.items()}
 
 
+@functools.cache
 def class_scheme(name: str) -> ClassScheme:
     """A class scheme of the `class_scheme` config group (`configs/class_scheme/<name>.yaml`)."""
     path = CLASS_SCHEME_DIR / f"{name}.yaml"
@@ -94,8 +96,10 @@ def class_scheme(name: str) -> ClassScheme:
     return ClassScheme(**values)
 
 
+@functools.cache
 def published_conventions(path: Path = REGISTRY_PATH) -> dict[str, PublishedConvention]:
-    """The published conventions (`conventions:`), by name."""
+    """The published conventions (`conventions:`), by name (read once per process: every model file that is
+    imported or named asks for them)."""
     conventions = {}
     for name, values in (read_yaml(path).get("conventions") or {}).items():
         schemes = {int(count): class_scheme(scheme) for count, scheme in values["class_schemes"].items()}
