@@ -144,9 +144,8 @@ class FaceDataModule(L.LightningDataModule):
         for source in self.sources.values():
             cache = self.cache_of(source)
             if cache is not None and not source.prepared_by_datamodule:
-                open_cache(
-                    cache, self.convention, source.settings()
-                )  # made by `python -m fas.data.prepare`: it must fit
+                # made by `python -m fas.data.prepare`: it must fit
+                open_cache(cache, self.convention, source.settings())
             else:
                 source.prepare()
                 if cache is not None:
