@@ -21,6 +21,7 @@ so; float pixels are refused.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -131,8 +132,6 @@ def check_declared_size(path: Path, data: bytes) -> None:
 
 
 def declared_size(data: bytes) -> tuple[int, int]:
-    import io
-
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # our limit decides; Pillow's only stops the header read beyond ~179 MP x 2
     try:

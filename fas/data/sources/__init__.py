@@ -12,6 +12,7 @@ detecting) and a `configs/source/<name>.yaml`; docs/architecture.md walks throug
 from __future__ import annotations
 
 import copy
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,6 +20,20 @@ from typing import Any, ClassVar
 
 from fas.data.sample import BadSample, DatasetError, Sample, label_table
 from fas.media import MediaError, frame_count, sampled_frames
+
+LEAVES_ROOT = "a link to a file outside the data folder; fas reads only files inside it (copy the file in)"
+
+
+def resolves_inside(path: Path, root: Path) -> bool:
+    """True when `path`, its links followed, lies under `root` (its links followed too)."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
+
+
+def positive_or_none(value: Any, key: str) -> int | None:
+    """A setting that is a positive whole number or null, or a DatasetError naming its key."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise DatasetError(f"{key}={value!r}: give a positive whole number, or null")
+    return value
 
 
 class Source(ABC):
@@ -95,11 +110,8 @@ class MediaSource(Source):
         super().__init__(name, root, weight, "auto" if cache in (None, "auto") else Path(cache))
         self.labels = dict(labels or {})
         self.table = label_table(self.labels, f"data.sources.{name}")
-        for key, value in (("frames_per_video", frames_per_video), ("frame_stride", frame_stride)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise DatasetError(f"data.sources.{name}.{key}={value!r}: give a positive whole number, or null")
-        self.frames_per_video = frames_per_video
-        self.frame_stride = frame_stride
+        self.frames_per_video = positive_or_none(frames_per_video, f"data.sources.{name}.frames_per_video")
+        self.frame_stride = positive_or_none(frame_stride, f"data.sources.{name}.frame_stride")
 
     def settings(self) -> dict[str, Any]:
         return {

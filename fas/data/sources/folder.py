@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fas.data.sample import SPLITS, BadSample, DatasetError, Sample, SampleError, bb_path, read_box_file
-from fas.data.sources import MediaSource
-from fas.data.sources.manifest import LEAVES_ROOT, resolves_inside
+from fas.data.sources import LEAVES_ROOT, MediaSource, positive_or_none, resolves_inside
 from fas.media import is_video_file, media_files
 
 
@@ -48,13 +47,7 @@ class FolderSource(MediaSource):
         if root is None:
             raise DatasetError(f"the root of data source '{name}' is not set: pass data.root=/path/to/your/folder")
         super().__init__(name, Path(root), labels, frames_per_video, frame_stride, weight, cache)
-        if image_stride is not None and (
-            isinstance(image_stride, bool) or not isinstance(image_stride, int) or image_stride < 1
-        ):
-            raise DatasetError(
-                f"data.sources.{name}.image_stride={image_stride!r}: give a positive whole number, or null"
-            )
-        self.image_stride = image_stride
+        self.image_stride = positive_or_none(image_stride, f"data.sources.{name}.image_stride")
         self.subject_regex = subject_regex
         self.subject_pattern = re.compile(subject_regex) if subject_regex else None
 

@@ -36,12 +36,11 @@ from fas.data.sample import (
     parse_spoof_type,
     spoof_type_name,
 )
-from fas.data.sources import MediaSource
+from fas.data.sources import LEAVES_ROOT, MediaSource, resolves_inside
 from fas.download import sha256_of
 from fas.media import is_video_file
 
 BOX_COLUMNS = ("x", "y", "w", "h")
-LEAVES_ROOT = "a link to a file outside the data folder; fas reads only files inside it (copy the file in)"
 
 
 class ManifestSource(MediaSource):
@@ -122,8 +121,10 @@ class ManifestSource(MediaSource):
         not train/val/test, or a file listed twice with different labels, stops the source with the lines."""
         first_line: dict[tuple[str, str], tuple[int, int]] = {}  # (path, frame) -> (line, spoof type)
         for number, row in self.rows:
+            if not row.get("path"):
+                raise DatasetError(f"{self.manifest}:{number}: the row has no path")
             split = self.split_of(row, number)
-            key = (os.path.normpath(str(row.get("path") or "")), str(row.get("frame") or ""))
+            key = (os.path.normpath(str(row["path"])), str(row.get("frame") or ""))
             spoof_type = self.spoof_type_of(row, f"{self.manifest}:{number}")
             if key in first_line:
                 earlier, earlier_type = first_line[key]
@@ -139,7 +140,7 @@ class ManifestSource(MediaSource):
                 continue
             first_line[key] = (number, spoof_type)
             if splits is None or (split or "all") in splits:
-                yield from self.records_of(number, row)
+                yield from self.records_of(number, row, split, spoof_type)
 
     def split_of(self, row: dict[str, Any], number: int) -> str | None:
         split = row.get("split") or None
@@ -150,14 +151,12 @@ class ManifestSource(MediaSource):
             )
         return split
 
-    def records_of(self, number: int, row: dict[str, Any]) -> Iterator[Sample | BadSample]:
-        where = f"{self.manifest}:{number}"
-        if not row.get("path"):
-            raise DatasetError(f"{where}: the row has no path")
+    def records_of(
+        self, number: int, row: dict[str, Any], split: str | None, spoof_type: int
+    ) -> Iterator[Sample | BadSample]:
+        """The sample(s) of one row whose split and spoof type `records` has read and checked."""
         relative = str(row["path"])
         path = self.root / relative
-        split = self.split_of(row, number)
-        spoof_type = self.spoof_type_of(row, where)
         key = relative
         if not inside(path, self.root):
             yield BadSample(
@@ -213,11 +212,6 @@ class ManifestSource(MediaSource):
         if any(row.get(column) not in (None, "") for column in BOX_COLUMNS):
             return parse_box([row.get(column) for column in BOX_COLUMNS], path, what)
         return None
-
-
-def resolves_inside(path: Path, root: Path) -> bool:
-    """True when `path`, its links followed, lies under `root` (its links followed too)."""
-    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
 
 
 def inside(path: Path, root: Path) -> bool:
