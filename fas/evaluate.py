@@ -37,6 +37,7 @@ from fas.metrics import (
     choose_threshold,
     pad_metrics,
     pad_metrics_per_source,
+    sources_present,
     spoof_scores,
 )
 from fas.progress import ProgressLog
@@ -113,7 +114,8 @@ def evaluate(cfg: DictConfig) -> ReportFiles:
 
 
 def evaluate_model(backend: Backend, name: str, path: str, cfg: DictConfig) -> ModelEvaluation:
-    """Score one model on the validation split (for the threshold) and on `cfg.split`."""
+    """Score one model on the validation split (for the threshold) and on `cfg.split`; with several data
+    sources, each source also alone (the cross-dataset table), at its own threshold where the rule chooses one."""
     chosen_scheme = hydra.utils.instantiate(cfg.class_scheme) if cfg.get("class_scheme") else None
     needs_val = cfg.threshold.rule in ("eer", "apcer") or (cfg.threshold.rule == "model" and not backend.info.threshold)
     needed = (cfg.split, "val") if needs_val else (cfg.split,)  # only what is scored is detected and cropped
@@ -121,37 +123,80 @@ def evaluate_model(backend: Backend, name: str, path: str, cfg: DictConfig) -> M
     datamodule.prepare_data()
     datamodule.setup("test")
     scores = score_loader(backend, split_loader(datamodule, cfg.split), f"{name} {cfg.split}")
-    threshold = decision_threshold(backend, name, path, datamodule, cfg, scores)
+    threshold, val_scores = decision_threshold(backend, name, path, datamodule, cfg, scores)
+    source_thresholds = per_source_thresholds(threshold, scores, val_scores, datamodule.source_names, cfg)
     attack_types = [t for t in datamodule.class_scheme.spoof_type_classes if t != 0]
     result = pad_metrics(scores, threshold.value, attack_types)
-    per_source = pad_metrics_per_source(scores, threshold.value, attack_types, datamodule.source_names)
-    return ModelEvaluation(name, str(path), backend.info, threshold, scores, result, per_source, datamodule.describe())
+    per_source = pad_metrics_per_source(
+        scores,
+        threshold.value,
+        attack_types,
+        datamodule.source_names,
+        {source: choice.value for source, choice in source_thresholds.items()},
+    )
+    return ModelEvaluation(
+        name,
+        str(path),
+        backend.info,
+        threshold,
+        scores,
+        result,
+        per_source,
+        datamodule.describe(),
+        source_thresholds,
+        {source: datamodule.skipped.get(source, 0) for source in per_source},
+    )
 
 
 def decision_threshold(
     backend: Backend, name: str, path: str, datamodule: FaceDataModule, cfg: DictConfig, scores: Scores
-) -> ThresholdChoice:
+) -> tuple[ThresholdChoice, Scores | None]:
     """`threshold.rule=model` (default): the threshold the model file records (chosen on its training run's
     validation data), so a cross-dataset evaluation applies the operating point the model ships with; a file
     that records none (published weights) falls back to `eer`. `eer` / `apcer` choose it on the data's
-    validation part (else, with a warning in the report, on the evaluated data); `fixed` takes `value`."""
+    validation part (else, with a warning in the report, on the evaluated data); `fixed` takes `value`.
+    Returns the validation scores too when they were scored."""
     rule, recorded = cfg.threshold.rule, backend.info.threshold
     if rule == "fixed":
-        return choose_threshold("fixed", value=cfg.threshold.value)
+        return choose_threshold("fixed", value=cfg.threshold.value), None
     if rule == "model" and recorded is not None:
         origin = f"recorded in {Path(path).name}: chosen by rule {recorded.get('rule')} on its training run's "
-        return ThresholdChoice("model", float(recorded["value"]), recorded.get("split"), origin + "validation data")
+        return ThresholdChoice(
+            "model", float(recorded["value"]), recorded.get("split"), origin + "validation data"
+        ), None
     chosen_rule = "eer" if rule == "model" else rule
     fallback = f"{Path(path).name} records no threshold; " if rule == "model" else ""
     if cfg.split == "test" and len(datamodule.splits["val"]) == 0:
         threshold = choose_threshold(chosen_rule, scores, split=cfg.split, **target(cfg))
         log.warning("%s: %s%s", name, fallback, NO_VALIDATION)
-        return replace(threshold, reason=threshold.reason or fallback + NO_VALIDATION)
+        return replace(threshold, reason=threshold.reason or fallback + NO_VALIDATION), None
     val_scores = score_loader(backend, datamodule.val_dataloader(), f"{name} val")
     threshold = choose_threshold(chosen_rule, val_scores, split="val", **target(cfg))
     if fallback and not threshold.reason:
         threshold = replace(threshold, reason=fallback + "chosen on the data's validation part")
-    return threshold
+    return threshold, val_scores
+
+
+def per_source_thresholds(
+    pooled: ThresholdChoice, scores: Scores, val_scores: Scores | None, names: list[str], cfg: DictConfig
+) -> dict[str, ThresholdChoice]:
+    """With several sources and a threshold chosen on the data (not the model's, not fixed): each source's
+    own, chosen by the same rule on its validation part, else on its evaluated samples (flagged). A model's
+    operating point does not move with the data set; one chosen on pooled data would, hence this."""
+    present = sources_present(scores, names)
+    if len(present) < 2 or pooled.rule in ("model", "fixed"):
+        return {}
+    rule = "eer" if cfg.threshold.rule == "model" else cfg.threshold.rule  # a file that records no threshold
+    chosen = {}
+    for index, source in present:
+        own_val = val_scores.subset(val_scores.source == index) if val_scores is not None else None
+        if own_val is not None and len(own_val.score):
+            chosen[source] = choose_threshold(rule, own_val, split="val", **target(cfg))
+        else:
+            own_scores = scores.subset(scores.source == index)
+            threshold = choose_threshold(rule, own_scores, split=cfg.split, **target(cfg))
+            chosen[source] = replace(threshold, reason=threshold.reason or f"{source}: {NO_VALIDATION}")
+    return chosen
 
 
 def target(cfg: DictConfig) -> dict[str, float]:

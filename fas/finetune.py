@@ -1,13 +1,20 @@
-"""Fine-tuning that keeps what a pretrained model knew: weight-space interpolation (WiSE-FT).
+"""Fine-tuning that keeps what a pretrained model knew: L2-SP during the fit, WiSE-FT at its end.
 
 Fine-tuning a published model on one more data set can wreck what it handled before (its other attacks
-and cameras). WiSE-FT (Wortsman et al., 2022, "Robust fine-tuning of zero-shot models") keeps
-`(1 - a) * pretrained + a * fine-tuned` weights: the fine-tuned model's gain on the new data with much of
-the pretrained model's robustness elsewhere. `WeightInterpolation` (`configs/callbacks/weight_interpolation.yaml`,
-`finetune.interpolation=a` in `experiment=finetune_*`) applies it to the best checkpoint when the fit ends,
-re-chooses the decision threshold on the validation split with the interpolated weights, and makes that
-checkpoint the one the run tests and exports. `a = 1` keeps the fine-tuned weights; sweep `a` and choose it
-on validation data that stands for what must be kept.
+and cameras). `PretrainedAnchor` (`configs/callbacks/pretrained_anchor.yaml`) remembers the weights the fit
+started from (the `pretrained=` weights) and keeps the result near them two ways:
+
+- L2-SP (Li et al., 2018, "Explicit inductive bias for transfer learning with convolutional networks"),
+  `finetune.l2sp=alpha`: alpha / 2 * ||w - w_start||^2 joins the loss, added to the gradients before each
+  optimizer step (weight decay pulls toward 0; this pulls toward what the model knew).
+- WiSE-FT (Wortsman et al., 2022, "Robust fine-tuning of zero-shot models"), `finetune.interpolation=a`:
+  when the fit ends the best checkpoint becomes `(1 - a) * w_start + a * fine-tuned`, its decision threshold
+  re-chosen on the validation split with the interpolated weights, and that checkpoint is the one the run
+  tests and exports. `a = 1` keeps the fine-tuned weights; sweep `a` and choose it on validation data that
+  stands for what must be kept.
+
+Frozen stages and per-stage learning rates (`finetune.frozen_stages`, `finetune.stage_lr_decay`) live in
+`fas.module.LivenessModule`, which builds the optimizer.
 """
 
 from __future__ import annotations
@@ -43,22 +50,58 @@ def interpolate(pretrained: dict[str, torch.Tensor], tuned: dict[str, torch.Tens
     return mixed
 
 
-class WeightInterpolation(Callback):
-    """At the end of fit, interpolate the best checkpoint toward the weights the fit started from (the
-    `pretrained=` weights) and make the result the run's best checkpoint (see the module docstring)."""
+class PretrainedAnchor(Callback):
+    """L2-SP toward the weights the fit started from while it runs, WiSE-FT toward them when it ends (see
+    the module docstring). With both off (`l2sp=0`, `interpolation=1`) it does nothing."""
 
-    def __init__(self, interpolation: float = 1.0) -> None:
+    def __init__(self, interpolation: float = 1.0, l2sp: float = 0.0) -> None:
         if isinstance(interpolation, bool) or not isinstance(interpolation, int | float) or not 0 <= interpolation <= 1:
             raise ConfigError(f"finetune.interpolation={interpolation!r}: give a weight in [0, 1] (1: fine-tuned only)")
+        if isinstance(l2sp, bool) or not isinstance(l2sp, int | float) or l2sp < 0:
+            raise ConfigError(f"finetune.l2sp={l2sp!r}: give a weight >= 0 (0: off)")
         self.interpolation = float(interpolation)
+        self.l2sp = float(l2sp)
         self.start: dict[str, torch.Tensor] | None = None
+        # After fit, how far the tested weights moved from the start (see `distance`): {"fine-tuned": ...,
+        # "interpolated": ...}; empty without pretrained weights.
+        self.moved: dict[str, float] = {}
+
+    @property
+    def active(self) -> bool:
+        return self.interpolation < 1 or self.l2sp > 0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.start is None:  # a resumed run restored it from its checkpoint (state_dict below)
-            self.start = {k: v.detach().clone().cpu() for k, v in pl_module.state_dict().items()}
+        kept = getattr(pl_module, "pretrained_keys", None)
+        if self.start is None and (self.active or kept is not None):  # a resumed run restored it (load_state_dict)
+            if kept is None:
+                log.warning(
+                    "finetune.l2sp / finetune.interpolation keep the weights near the ones the fit starts from, "
+                    "and no pretrained= weights were given: that is the random initialisation"
+                )
+            self.start = {
+                k: v.detach().clone().cpu() for k, v in pl_module.state_dict().items() if kept is None or k in kept
+            }
+        self.parameter_names = {name for name, _ in pl_module.named_parameters()}
+        if self.l2sp > 0:
+            self.anchors = [
+                (parameter, self.start[name].to(parameter.device, parameter.dtype))
+                for name, parameter in pl_module.named_parameters()
+                if parameter.requires_grad and name in self.start and self.start[name].shape == parameter.shape
+            ]
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Adds the L2-SP gradient l2sp * (w - w_start) (Lightning has unscaled mixed-precision gradients here)."""
+        if self.l2sp <= 0:
+            return
+        with torch.no_grad():
+            for parameter, start in self.anchors:
+                if parameter.grad is not None:
+                    parameter.grad.add_(parameter - start, alpha=self.l2sp)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"start": self.start} if self.interpolation < 1 else {}
+        return {"start": self.start} if self.start is not None else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.start = state_dict.get("start")
@@ -66,28 +109,48 @@ class WeightInterpolation(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         checkpoint_callback = trainer.checkpoint_callback
         best = checkpoint_callback.best_model_path if checkpoint_callback is not None else ""
-        if self.interpolation >= 1 or self.start is None or not best or not isinstance(pl_module, LivenessModule):
+        if self.start is None or not best or not isinstance(pl_module, LivenessModule):
             return
         checkpoint = read_checkpoint(best)
+        self.moved = {"fine-tuned": self.distance(checkpoint["state_dict"])}
+        if self.interpolation >= 1:
+            log.info(
+                "%s moved %.2f%% from the weights the fit started from", Path(best).name, 100 * self.moved["fine-tuned"]
+            )
+            return
         checkpoint["state_dict"] = interpolate(self.start, checkpoint["state_dict"], self.interpolation)
+        self.moved["interpolated"] = self.distance(checkpoint["state_dict"])
         pl_module.load_state_dict(checkpoint["state_dict"])
         threshold, auroc = self.validate(trainer, pl_module)
         checkpoint[THRESHOLD_KEY] = threshold.to_dict()
         path = Path(best).with_name(INTERPOLATED_NAME)
         if trainer.is_global_zero:
             torch.save(checkpoint, path)
-        trainer.strategy.barrier("fas_weight_interpolation")
+        trainer.strategy.barrier("fas_pretrained_anchor")
         log.info(
-            "WiSE-FT: %s = %.2f x fine-tuned %s + %.2f x the weights the fit started from; val ROC-AUC %s, "
-            "threshold %s re-chosen on it",
+            "WiSE-FT: %s = %.2f x fine-tuned %s + %.2f x the weights the fit started from (moved %.2f%%, "
+            "the fine-tuned ones %.2f%%); val ROC-AUC %s, threshold %s re-chosen on it",
             path,
             self.interpolation,
             Path(best).name,
             1 - self.interpolation,
+            100 * self.moved["interpolated"],
+            100 * self.moved["fine-tuned"],
             f"{auroc:.4f}" if auroc is not None else "undefined",
             f"{threshold.value:.4f}" if threshold.value is not None else "undefined",
         )
         checkpoint_callback.best_model_path = str(path)
+
+    def distance(self, state_dict: dict[str, torch.Tensor]) -> float:
+        """How far `state_dict`'s weights moved from the start: ||w - w_start|| / ||w_start|| over the
+        parameters both hold (BatchNorm statistics left out)."""
+        moved = total = 0.0
+        for key, start in self.start.items():
+            value = state_dict.get(key)
+            if key in self.parameter_names and value is not None and value.shape == start.shape:
+                moved += float((value.float() - start.float()).square().sum())
+                total += float(start.float().square().sum())
+        return (moved / total) ** 0.5 if total else 0.0
 
     @torch.no_grad()
     def validate(self, trainer: L.Trainer, module: LivenessModule) -> tuple[Any, float | None]:

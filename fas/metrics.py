@@ -57,7 +57,16 @@ METRIC_KEYS = (
 )
 BREAKDOWNS = {"spoof_type": SPOOF_TYPES, "illumination": ILLUMINATIONS, "environment": ENVIRONMENTS}
 THRESHOLD_RULES = ("eer", "apcer", "fixed")
-SOURCE_KEYS = ("auroc", "eer", "apcer", "bpcer", "acer", "hter")  # reported per data source when there are several
+SOURCE_KEYS = (
+    "auroc",
+    "eer",
+    "apcer",
+    "bpcer",
+    "acer",
+    "hter",
+    "tpr_at_fpr_1e-2",
+    "tpr_at_fpr_1e-3",
+)  # per data source
 
 NO_LIVE = "no bona fide (live) samples"
 NO_SPOOF = "no attack (spoof) samples"
@@ -445,14 +454,26 @@ def _warn_undefined(undefined: dict[str, str]) -> None:
 
 
 def pad_metrics_per_source(
-    scores: Scores, threshold: float | None, attack_types: Iterable[int], names: list[str]
+    scores: Scores,
+    threshold: float | None,
+    attack_types: Iterable[int],
+    names: list[str],
+    source_thresholds: dict[str, float | None] | None = None,
 ) -> dict[str, PadResult]:
-    """The metrics of each data source's samples alone, at the pooled threshold; empty when the scores come
-    from a single source (e.g. the held-out one of a leave-one-dataset-out run)."""
-    present = [(index, name) for index, name in enumerate(names) if np.any(scores.source == index)]
+    """The metrics of each data source's samples alone, at the pooled threshold or the source's own in
+    `source_thresholds`; empty when the scores come from a single source (e.g. the held-out one of a
+    leave-one-dataset-out run)."""
+    present = sources_present(scores, names)
     if len(present) < 2:
         return {}
     attack_types = list(attack_types)
+    own = source_thresholds or {}
     return {
-        name: pad_metrics(scores.subset(scores.source == index), threshold, attack_types) for index, name in present
+        name: pad_metrics(scores.subset(scores.source == index), own.get(name, threshold), attack_types)
+        for index, name in present
     }
+
+
+def sources_present(scores: Scores, names: list[str]) -> list[tuple[int, str]]:
+    """(index, name) of each data source with samples in `scores`."""
+    return [(index, name) for index, name in enumerate(names) if np.any(scores.source == index)]

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from fas.convention import ClassScheme, InputConvention
+from fas.errors import ConfigError
 from fas.losses import LivenessLoss, fourier_target, to_gray_255
 from fas.metrics import (
     SOURCE_KEYS,
@@ -40,6 +41,10 @@ class LivenessModule(L.LightningModule):
 
     Each validation epoch chooses the decision threshold at its EER point; checkpoints record it, and the
     test step applies it unchanged. After `trainer.test`, `test_evaluation` holds the test scores and metrics.
+
+    For fine-tuning (`finetune.*` in `configs/train.yaml`): the first `frozen_stages` of the backbone's `stages`
+    keep their weights and BatchNorm statistics, and stage i of n learns at lr * stage_lr_decay ** (n - 1 - i)
+    (the classifier at lr, earlier stages slower; the FT head at lr).
     """
 
     def __init__(
@@ -53,6 +58,8 @@ class LivenessModule(L.LightningModule):
         label_smoothing: float = 0.0,
         channels_last: bool = True,
         seed: int = 0,
+        frozen_stages: int = 0,
+        stage_lr_decay: float = 1.0,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
     ) -> None:
@@ -72,6 +79,12 @@ class LivenessModule(L.LightningModule):
             dropout=dropout,
         )
         self.ft_head = FTHead(self.backbone.feature_channels) if ft_weight > 0 else None
+        if not 0 < stage_lr_decay <= 1:
+            raise ConfigError(f"finetune.stage_lr_decay={stage_lr_decay!r}: give a factor in (0, 1] (1: one lr)")
+        self.stage_modules = backbone_stages(self.backbone, frozen_stages)
+        self.frozen_modules = [m for stage in self.stage_modules[:frozen_stages] for m in stage]
+        for module in self.frozen_modules:  # Lightning keeps each submodule's mode as it finds it
+            module.requires_grad_(False).eval()
         self.criterion = LivenessLoss(ft_weight, label_smoothing)
         self.channels_last = channels_last
         if channels_last:
@@ -81,6 +94,16 @@ class LivenessModule(L.LightningModule):
         self.test_scores = ScoreCollector(sync_on_compute=False)
         self.threshold = ThresholdChoice("eer", None, "val", "no validation epoch has run")
         self.test_evaluation: tuple[Scores, PadResult, dict[str, PadResult]] | None = None
+        # State-dict keys whose values came from `pretrained=` weights (set by fas.train); fas.finetune keeps
+        # only those near their start (a re-initialised classifier or the FT head learns freely).
+        self.pretrained_keys: set[str] | None = None
+
+    def train(self, mode: bool = True) -> LivenessModule:
+        """Frozen stages stay in eval mode: their BatchNorm layers keep the pretrained statistics."""
+        super().train(mode)
+        for module in self.frozen_modules:
+            module.eval()
+        return self
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits of the backbone alone (what export keeps)."""
@@ -168,10 +191,38 @@ class LivenessModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         if self.optimizer_factory is None:
             raise RuntimeError("LivenessModule was built without an optimizer; pass model.optimizer in the config")
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=self.param_groups())
+        for group in optimizer.param_groups:  # before the scheduler records each group's initial lr
+            group["lr"] *= group["lr_scale"]
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer)}}
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters grouped by lr multiplier (`lr_scale`, see the class docstring)."""
+        count = len(self.stage_modules)
+        scale_of = {
+            id(parameter): self.hparams.stage_lr_decay ** (count - 1 - index)
+            for index, stage in enumerate(self.stage_modules)
+            for module in stage
+            for parameter in module.parameters()
+        }
+        groups: dict[float, list[torch.nn.Parameter]] = {}
+        for parameter in self.parameters():
+            if parameter.requires_grad:
+                groups.setdefault(scale_of.get(id(parameter), 1.0), []).append(parameter)
+        return [{"params": params, "lr_scale": scale} for scale, params in groups.items()]
+
+
+def backbone_stages(backbone: torch.nn.Module, frozen_stages: int) -> list[list[torch.nn.Module]]:
+    """The backbone's child modules by stage (its `stages` names), checking `frozen_stages` against them."""
+    stages = [[getattr(backbone, name) for name in names] for names in backbone.stages]
+    if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or not 0 <= frozen_stages < len(stages):
+        raise ConfigError(
+            f"finetune.frozen_stages={frozen_stages!r}: give 0 to {len(stages) - 1} "
+            f"(the backbone has {len(stages)} stages; the last one, the classifier, always learns)"
+        )
+    return stages
 
 
 def _loggable(value: float | None) -> float:

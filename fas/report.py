@@ -92,6 +92,13 @@ class ModelEvaluation:
     result: PadResult
     per_source: dict[str, PadResult] = field(default_factory=dict)  # several data sources: each alone
     data: str = ""  # the data scored, e.g. "folder (/data/mine)"
+    # Per source: its own threshold where the rule chose one on the data (else the model's applies), and
+    # how many of its records could not be used.
+    source_thresholds: dict[str, ThresholdChoice] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def source_threshold(self, source: str) -> ThresholdChoice:
+        return self.source_thresholds.get(source, self.threshold)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,7 +109,14 @@ class ModelEvaluation:
             "convention": self.info.convention.to_dict(),
             "threshold_choice": self.threshold.to_dict(),
             **self.result.to_dict(),
-            "per_source": {name: result.to_dict() for name, result in self.per_source.items()},
+            "per_source": {
+                name: {
+                    **result.to_dict(),
+                    "threshold_choice": self.source_threshold(name).to_dict(),
+                    "skipped": self.skipped.get(name, 0),
+                }
+                for name, result in self.per_source.items()
+            },
         }
 
 
@@ -208,7 +222,9 @@ def report_blocks(
     blocks.append(("h", 2, "APCER per attack type"))
     blocks.append(_apcer_table(evaluations))
     if any(e.per_source for e in evaluations):
-        blocks.append(("h", 2, "Per data source (at each model's threshold)"))
+        blocks.append(("h", 2, "Cross-dataset: ROC-AUC / HTER of each model on each data source"))
+        blocks.append(_cross_table(evaluations))
+        blocks.append(("h", 2, "Per data source"))
         blocks.append(_source_table(evaluations))
     blocks.append(("h", 2, "Curves"))
     blocks += [("image", name, plots[name]) for name in ("roc", "det", "pr")]
@@ -236,19 +252,46 @@ def _apcer_table(evaluations: Sequence[ModelEvaluation]) -> Block:
     return ("table", ["attack type", *(e.name for e in evaluations)], rows)
 
 
-def _source_table(evaluations: Sequence[ModelEvaluation]) -> Block:
+def _cross_table(evaluations: Sequence[ModelEvaluation]) -> Block:
+    """Models x data sources, one 'ROC-AUC / HTER' cell each."""
+    sources = list(dict.fromkeys(source for e in evaluations for source in e.per_source))
     rows = [
         [
             e.name,
-            source,
-            str(r.counts["live"]),
-            str(r.counts["spoof"]),
-            *(format_metric(k, r.metrics[k]) for k in SOURCE_KEYS),
+            *(
+                f"{format_metric('auroc', r.metrics['auroc'])} / {format_metric('hter', r.metrics['hter'])}"
+                if (r := e.per_source.get(source))
+                else ""
+                for source in sources
+            ),
         ]
         for e in evaluations
-        for source, r in e.per_source.items()
     ]
-    return ("table", ["model", "source", "live", "spoof", *(LABELS[k] for k in SOURCE_KEYS)], rows)
+    return ("table", ["model", *sources], rows)
+
+
+def _source_table(evaluations: Sequence[ModelEvaluation]) -> Block:
+    """Every model on every source: counts, its threshold, the metrics of SOURCE_KEYS and APCER per type."""
+    rows = []
+    for e in evaluations:
+        for source, r in e.per_source.items():
+            threshold = e.source_threshold(source)
+            apcer = ", ".join(f"{name} {format_metric('apcer', v)}" for name, v in r.apcer_per_type.items())
+            rows.append(
+                [
+                    e.name,
+                    source,
+                    str(r.counts["live"]),
+                    str(r.counts["spoof"]),
+                    str(e.skipped.get(source, 0)),
+                    f"{format_metric('threshold', threshold.value)} ({threshold.rule}"
+                    + (f", {threshold.split})" if threshold.split else ")"),
+                    *(format_metric(k, r.metrics[k]) for k in SOURCE_KEYS),
+                    apcer,
+                ]
+            )
+    headers = ["model", "source", "live", "spoof", "skipped", "threshold", *(LABELS[k] for k in SOURCE_KEYS)]
+    return ("table", [*headers, "APCER per type"], rows)
 
 
 def _model_blocks(e: ModelEvaluation) -> list[Block]:
@@ -373,6 +416,25 @@ def summary_rows(evaluations: Sequence[ModelEvaluation]) -> tuple[list[str], lis
     return ["model", *keys], [[e.name, *(e.result.metrics[k] for k in keys)] for e in evaluations]
 
 
+def source_rows(evaluations: Sequence[ModelEvaluation]) -> tuple[list[str], list[list[Any]]]:
+    """The model x data source table as columns and raw rows, e.g. for a wandb Table."""
+    columns = ["model", "source", "live", "spoof", "skipped", "threshold", *SOURCE_KEYS]
+    rows = [
+        [
+            e.name,
+            source,
+            r.counts["live"],
+            r.counts["spoof"],
+            e.skipped.get(source, 0),
+            e.source_threshold(source).value,
+            *(r.metrics[k] for k in SOURCE_KEYS),
+        ]
+        for e in evaluations
+        for source, r in e.per_source.items()
+    ]
+    return columns, rows
+
+
 def log_scalars(loggers: Sequence[Logger], evaluations: Sequence[ModelEvaluation], split: str) -> None:
     """Every defined metric to every logger, named as in `flat_metrics`."""
     values = {key: value for key, value in flat_metrics(evaluations, split).items() if value is not None}
@@ -389,6 +451,9 @@ def log_to_wandb(
             continue
         columns, rows = summary_rows(evaluations)
         logger.log_table(key=f"{prefix}/summary", columns=columns, data=rows)
+        if any(e.per_source for e in evaluations):
+            columns, rows = source_rows(evaluations)
+            logger.log_table(key=f"{prefix}/per_source", columns=columns, data=rows)
         logger.log_image(
             key=f"{prefix}/plots", images=[str(p) for p in files.plots.values()], caption=list(files.plots)
         )

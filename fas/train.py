@@ -17,6 +17,7 @@ from fas.data.datamodule import FaceDataModule, instantiate_datamodule
 from fas.detect import detector_factory
 from fas.download import resolve_model_file
 from fas.export.callback import ModelExport
+from fas.finetune import PretrainedAnchor
 from fas.hydra_utils import check_config, close_loggers, instantiate_group, register_resolvers, silence_library_noise
 from fas.loggers import ContinuingCSVLogger
 from fas.media import set_max_pixels
@@ -47,13 +48,14 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         class_scheme=datamodule.class_scheme.to_dict(),
     )
     if cfg.get("pretrained"):
-        load_pretrained(
+        from_file = load_pretrained(
             model.backbone,
             resolve_model_file(cfg.pretrained),
             cfg.model.backbone,
             datamodule.convention,
             reinit_classifier=cfg.get("pretrained_reinit_classifier", False),
         )
+        model.pretrained_keys = {f"backbone.{key}" for key in from_file}
     ckpt_path = cfg.get("ckpt_path")
     callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"))
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
@@ -110,8 +112,16 @@ def fit_test_and_report(
     info = ModelInfo(model.convention, model.class_scheme, cfg.model.backbone)
     name = Path(best).name if best else "final weights"
     evaluation = ModelEvaluation(name, best, info, model.threshold, scores, result, per_source, datamodule.describe())
+    moved = next((c.moved for c in trainer.callbacks if isinstance(c, PretrainedAnchor) and c.moved), {})
+    context = {"moved_from_pretrained": moved_note(moved)} if moved else {}
+    extra_metrics = {**validation, **{f"finetune/moved_{k.replace('-', '_')}": v for k, v in moved.items()}}
     report = write_report(
-        output_dir / "report", [evaluation], split="test", extra_metrics=validation, data_root=datamodule.describe()
+        output_dir / "report",
+        [evaluation],
+        split="test",
+        extra_metrics=extra_metrics,
+        data_root=datamodule.describe(),
+        **context,
     )
     log_to_wandb(trainer.loggers, [evaluation], report, prefix="test")
     log.info("Test metrics: %s", {k: round(float(v), 4) for k, v in metrics.items()})
@@ -122,6 +132,12 @@ def fit_test_and_report(
         if isinstance(callback, ModelExport) and callback.result is not None:
             log.info("Export: %s", callback.result.summary())
     return value, metrics
+
+
+def moved_note(moved: dict[str, float]) -> str:
+    """`PretrainedAnchor.moved` in words, for the report."""
+    parts = [f"{kind} weights {100 * value:.2f}%" for kind, value in moved.items()]
+    return ", ".join(parts) + " (||w - w_pretrained|| / ||w_pretrained||; the tested ones are the last)"
 
 
 def resumed_note(best: str | None, output_dir: Path) -> str:

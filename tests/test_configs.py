@@ -48,6 +48,8 @@ def data_overrides(option: str, tiny_data: Path, tiny_folder: Path) -> list[str]
         return [f"data.manifest={tiny_folder / 'manifest.csv'}"]
     if option == "mix":
         return [f"data.sources.celeba_spoof.root={tiny_data}", f"data.sources.folder.root={tiny_folder}"]
+    if option == "sources":
+        return ["+source@data.sources.mine=folder", f"data.sources.mine.root={tiny_folder}"]
     return [f"data.root={tiny_data}", "data.synthetic=null"]
 
 

@@ -331,3 +331,41 @@ def test_only_the_parts_a_run_scores_are_detected_and_cropped(
         "models"
     ]
     assert sum(on_val["counts"].values()) > 0  # the validation part alone is scored
+
+
+@pytest.mark.slow
+def test_several_models_on_several_data_sources_give_one_cross_dataset_table(
+    trained: dict[str, Path], tiny_folder: Path, reference_dir: Path, tmp_path: Path
+) -> None:
+    """Each model on each source alone, at the threshold that source's own validation part gives (a source
+    without one: its evaluated data, flagged) -- the same numbers as evaluating that source by itself."""
+    import shutil
+
+    photos = tmp_path / "photos"
+    shutil.copytree(tiny_folder / "test", photos)
+    yunet = reference_dir / "yunet/face_detection_yunet_2023mar.onnx"
+    suri = reference_dir / "suri-liveness/best_model.pth"
+    common = ["data.num_workers=0", f"detector.model_path={yunet}", f"paths.data_dir={tmp_path / 'data'}"]
+    common += ["threshold.rule=eer", "data.unsplit=test"]
+    sources = ["data=sources", "+source@data.sources.mine=folder", f"data.sources.mine.root={tiny_folder}"]
+    sources += ["+source@data.sources.photos=folder", f"data.sources.photos.root={photos}"]
+    models = f"ckpt_path=[{trained['onnx']},{suri}]"
+    files = evaluate(compose_evaluate([models, *sources, *common], tmp_path / "both"))
+    both = json.loads(files.metrics.read_text())["models"]
+    alone = evaluate(compose_evaluate([models, "data=folder", f"data.root={tiny_folder}", *common], tmp_path / "one"))
+    for crossed, single in zip(both, json.loads(alone.metrics.read_text())["models"], strict=True):
+        mine, photo = crossed["per_source"]["mine"], crossed["per_source"]["photos"]
+        assert mine["threshold_choice"] == single["threshold_choice"] and mine["threshold_choice"]["split"] == "val"
+        assert mine["counts"] == single["counts"]
+        for key in ("auroc", "hter", "bpcer", "tpr_at_fpr_1e-2"):
+            assert mine["metrics"][key] == pytest.approx(single["metrics"][key], abs=1e-9)
+        choice = photo["threshold_choice"]
+        assert choice["split"] == "test" and "no validation part" in choice["reason"]
+        assert photo["counts"] == mine["counts"]  # the same images, tested whole
+    for source in ("mine", "photos"):  # records no face was found in, in the parts read (all of them here)
+        (cache,) = (tmp_path / "data" / "prepared").glob(f"{source}-64px-*")
+        listed = len((cache / "skipped.tsv").read_text().splitlines()) - 1
+        assert both[0]["per_source"][source]["skipped"] == listed > 0
+    markdown = files.markdown.read_text()
+    assert "## Cross-dataset: ROC-AUC / HTER of each model on each data source" in markdown
+    assert "| model | mine | photos |" in markdown

@@ -1,5 +1,7 @@
-"""WiSE-FT: the run's tested and exported checkpoint is the interpolation of the weights the fit started
-from and the fine-tuned ones, with its threshold re-chosen on validation data."""
+"""Fine-tuning that keeps what the pretrained weights knew: frozen stages and per-stage learning rates
+(`LivenessModule`), L2-SP and WiSE-FT (`PretrainedAnchor`): the run's tested and exported checkpoint is the
+interpolation of the weights the fit started from and the fine-tuned ones, its threshold re-chosen on
+validation data."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from fas.convention import ClassScheme, InputConvention
 from fas.errors import ConfigError
-from fas.finetune import WeightInterpolation, interpolate
+from fas.finetune import PretrainedAnchor, interpolate
+from fas.module import LivenessModule
 from fas.train import train
 
 from conftest import TINY_RUN, compose_train
@@ -23,7 +27,65 @@ def test_interpolate_mixes_float_tensors_and_keeps_the_rest() -> None:
     assert torch.equal(mixed["w"], torch.full((2, 3), 0.25))
     assert mixed["count"].item() == 9 and torch.equal(mixed["head"], torch.ones(2)) and "new" in mixed
     with pytest.raises(ConfigError, match=r"finetune.interpolation=1.5: give a weight in \[0, 1\]"):
-        WeightInterpolation(1.5)
+        PretrainedAnchor(1.5)
+    with pytest.raises(ConfigError, match=r"finetune.l2sp=-1: give a weight >= 0"):
+        PretrainedAnchor(l2sp=-1)
+
+
+def tiny_module(**finetune) -> LivenessModule:
+    return LivenessModule(
+        "minifasnet_v2se",
+        InputConvention(input_size=32).to_dict(),
+        ClassScheme("binary", ("live", "spoof"), 0, {0: 0, 1: 1}).to_dict(),
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9),
+        **finetune,
+    )
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a training step outside a Trainer
+def test_frozen_stages_keep_weights_and_statistics_and_later_stages_learn_slower() -> None:
+    module = tiny_module(frozen_stages=2, stage_lr_decay=0.5)
+    optimizer = module.configure_optimizers()["optimizer"]
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    backbone = module.backbone
+    assert id(backbone.conv1.conv.weight) not in lr_of and id(backbone.conv_3.model[0].conv.conv.weight) not in lr_of
+    assert lr_of[id(backbone.conv_34.conv.conv.weight)] == pytest.approx(0.1 * 0.5**2)  # stage 2 of 0..4
+    assert lr_of[id(backbone.conv_5.model[0].conv.conv.weight)] == pytest.approx(0.1 * 0.5)
+    assert lr_of[id(backbone.prob.weight)] == pytest.approx(0.1)
+    assert lr_of[id(next(module.ft_head.parameters()))] == pytest.approx(0.1)
+    frozen = {k: v.clone() for k, v in backbone.state_dict().items() if k.startswith(("conv1.", "conv_3."))}
+    module.train()
+    assert not backbone.conv1.bn.training and backbone.conv_34.conv.bn.training
+    images = torch.rand(4, 3, 32, 32)
+    loss = module.training_step({"image": images, "target": torch.tensor([0, 1, 0, 1])}, 1)
+    loss.backward()
+    optimizer.step()
+    after = backbone.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in frozen.items())  # weights and running statistics
+    assert backbone.conv_34.conv.conv.weight.grad is not None and backbone.conv1.conv.weight.grad is None
+    with pytest.raises(ConfigError, match=r"finetune.frozen_stages=5: give 0 to 4 \(the backbone has 5 stages"):
+        tiny_module(frozen_stages=5)
+    with pytest.raises(ConfigError, match=r"finetune.stage_lr_decay=0: give a factor in \(0, 1\]"):
+        tiny_module(stage_lr_decay=0)
+
+
+def test_l2sp_pulls_the_pretrained_weights_toward_their_start_and_leaves_new_ones_alone() -> None:
+    module = tiny_module()
+    module.pretrained_keys = {k for k in module.state_dict() if k.startswith("backbone.") and "prob" not in k}
+    anchor = PretrainedAnchor(l2sp=0.5)
+    anchor.on_fit_start(None, module)
+    weight, head, new = module.backbone.conv_23.conv.conv.weight, module.backbone.prob.weight, module.ft_head
+    start = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(2.0)
+        head.add_(2.0)
+    for parameter in module.parameters():
+        parameter.grad = torch.zeros_like(parameter)
+    anchor.on_before_optimizer_step(None, module, None)
+    torch.testing.assert_close(weight.grad, 0.5 * (weight.detach() - start))
+    torch.testing.assert_close(weight.grad, torch.full_like(weight, 1.0))
+    assert not head.grad.any() and not any(p.grad.any() for p in new.parameters())
+    assert "backbone.prob.weight" not in anchor.start and not any(k.startswith("ft_head.") for k in anchor.start)
 
 
 def test_a_finetune_tests_and_records_the_interpolated_weights(short_fit: Path, tiny_data: Path, tmp_path: Path):
@@ -35,17 +97,27 @@ def test_a_finetune_tests_and_records_the_interpolated_weights(short_fit: Path, 
         "optimizer=adamw",
         f"pretrained={start}",
         "finetune.interpolation=0.5",
+        "finetune.frozen_stages=1",
+        "finetune.l2sp=0.01",
         "trainer.max_epochs=1",
         "seed=3",
     ]
     train(compose_train(overrides, tmp_path))
-    report = json.loads((tmp_path / "report" / "metrics.json").read_text())["models"][0]
+    payload = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    report, metrics = payload["models"][0], payload["metrics"]
+    # The tested weights sit halfway between the start and the fine-tuned ones, so they moved half as far.
+    assert metrics["finetune/moved_fine_tuned"] > 0
+    assert metrics["finetune/moved_interpolated"] == pytest.approx(metrics["finetune/moved_fine_tuned"] / 2, rel=1e-5)
+    assert "interpolated weights" in payload["moved_from_pretrained"]
     assert Path(report["path"]).name == "interpolated.ckpt"
     interpolated = torch.load(report["path"], map_location="cpu", weights_only=True)
     (tuned_path,) = (p for p in (tmp_path / "checkpoints").glob("epoch_*.ckpt"))
     tuned = torch.load(tuned_path, map_location="cpu", weights_only=True)["state_dict"]
     pretrained = torch.load(start, map_location="cpu", weights_only=True)["state_dict"]
-    key = "backbone.conv1.conv.weight"
+    key = "backbone.conv_23.conv.conv.weight"
+    assert not torch.equal(tuned[key], pretrained[key])
     torch.testing.assert_close(interpolated["state_dict"][key], (pretrained[key] + tuned[key]) / 2)
+    for key in ("backbone.conv1.conv.weight", "backbone.conv2_dw.bn.running_mean"):  # the frozen first stage
+        assert torch.equal(tuned[key], pretrained[key])
     assert interpolated["fas_threshold"]["split"] == "val" and interpolated["fas_threshold"]["value"] is not None
     assert report["threshold_choice"]["value"] == pytest.approx(interpolated["fas_threshold"]["value"])

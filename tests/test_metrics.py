@@ -22,6 +22,7 @@ from fas.metrics import (
     choose_threshold,
     equal_error_rate,
     pad_metrics,
+    pad_metrics_per_source,
     spoof_scores,
     tpr_at_fpr,
 )
@@ -275,3 +276,19 @@ def test_score_collector_gathers_batches() -> None:
     collector.reset()
     collector.update(torch.tensor([0.3]), torch.tensor([0]), torch.tensor([0]), torch.tensor([0]))
     assert len(collector.compute()) == 1
+
+
+def test_each_source_alone_at_its_own_threshold() -> None:
+    """Two sources pooled: each one's metrics at the pooled threshold, or at its own where one is given."""
+    scores = Scores(
+        np.array([0.1, 0.3, 0.6, 0.9, 0.2, 0.4, 0.5, 0.7]),
+        np.array([0, 0, 1, 1, 0, 0, 9, 9]),
+        source=np.array([0, 0, 0, 0, 1, 1, 1, 1]),
+    )
+    pooled = pad_metrics_per_source(scores, 0.45, [1, 9], ["a", "b"])
+    assert pooled["a"].metrics["hter"] == 0.0 and pooled["a"].counts == {"live": 2, "spoof": 2}
+    assert pooled["b"].metrics["hter"] == 0.0 and pooled["b"].metrics["auroc"] == 1.0
+    own = pad_metrics_per_source(scores, 0.45, [1, 9], ["a", "b"], {"b": 0.6})
+    assert own["a"].metrics["hter"] == 0.0  # a keeps the pooled threshold
+    assert own["b"].metrics["apcer_pooled"] == 0.5 and own["b"].metrics["hter"] == 0.25  # 0.5 < 0.6: one attack passes
+    assert pad_metrics_per_source(scores.subset(scores.source == 0), 0.45, [1, 9], ["a", "b"]) == {}

@@ -135,6 +135,7 @@ class FaceDataModule(L.LightningDataModule):
         self.needed_splits = tuple(needed_splits) if needed_splits is not None else None
         self.samples: dict[str, list[Sample]] = {}
         self.splits: dict[str, SplitDataset] = {}
+        self.skipped: dict[str, int] = {}  # per source: records of the parts read that could not be used
 
     def describe(self) -> str:
         """The sources, for reports: `name (root)` each."""
@@ -242,7 +243,9 @@ class FaceDataModule(L.LightningDataModule):
         if cache is not None:
             manifest = open_cache(cache, self.convention, source.settings())
             log.info("Reading %s's crops from the cache %s (prepared from %s)", source.name, cache, manifest["source"])
-            skipped = sum(c["skipped"] for c in manifest["counts"].values())
+            wanted = self.source_splits(source)
+            skipped = sum(c["skipped"] for part, c in manifest["counts"].items() if part in wanted)
+            self.skipped[source.name] = skipped
             if skipped:
                 log.warning(
                     "%s: %d record(s) could not be cropped when the cache was prepared; see %s",
@@ -250,7 +253,6 @@ class FaceDataModule(L.LightningDataModule):
                     skipped,
                     skipped_path(cache),
                 )
-            wanted = self.source_splits(source)
             return [
                 sample
                 for split in cached_splits(cache)
@@ -263,6 +265,7 @@ class FaceDataModule(L.LightningDataModule):
         if self.check_images:
             samples, undecodable = self.decodable(source, samples)
             bad += undecodable
+        self.skipped[source.name] = len(bad)
         if bad:
             self.handle_bad(source.name, bad)
         return samples

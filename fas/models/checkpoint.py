@@ -126,8 +126,9 @@ def check_fits(backbone: nn.Module, state: dict[str, Tensor], expected_name: str
 
 def load_backbone_weights(
     backbone: nn.Module, path: str | Path, expected_name: str, reinit_classifier: bool = False
-) -> None:
-    """Load any supported checkpoint into `backbone` after checking it fits.
+) -> list[str]:
+    """Load any supported checkpoint into `backbone` after checking it fits; returns the backbone keys whose
+    values came from the file.
 
     With `reinit_classifier`, the final classifier keeps its fresh initialisation (fine-tuning to
     another class count); without it, a classifier of another shape is refused with that hint.
@@ -155,6 +156,7 @@ def load_backbone_weights(
             )
     check_fits(backbone, state, expected_name, path)
     backbone.load_state_dict(state)
+    return [k for k in own if not (reinit_classifier and k in classifier)]
 
 
 def check_resume_checkpoint(module: nn.Module, path: str | Path, expected_name: str) -> dict[str, Any]:

@@ -179,6 +179,16 @@ class MiniFASNet(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.prob = nn.Linear(embedding_size, num_classes, bias=False)
 
+    # Child modules by stage, from the input: stride 2, 4, 8, 16, then the classifier (fine-tuning freezes the
+    # first stages or lowers their learning rate, `fas.module.LivenessModule`).
+    stages = (
+        ("conv1", "conv2_dw"),
+        ("conv_23", "conv_3"),
+        ("conv_34", "conv_4"),
+        ("conv_45", "conv_5"),
+        ("conv_6_sep", "conv_6_dw", "linear", "bn", "prob"),
+    )
+
     @property
     def feature_channels(self) -> int:
         return FT_TAP_CHANNELS

@@ -92,6 +92,9 @@ class MobileNetV4ConvSmall(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.classifier = nn.Linear(embedding_size, num_classes)
 
+    # Child modules by stage, from the input (see MiniFASNet.stages).
+    stages = (("stem",), ("stage0",), ("stage1",), ("stage2",), ("stage3",), ("stage4", "head", "classifier"))
+
     @property
     def feature_channels(self) -> int:
         return FT_TAP_CHANNELS

@@ -206,10 +206,11 @@ def load_pretrained(
     expected_name: str,
     convention: InputConvention,
     reinit_classifier: bool = False,
-) -> None:
+) -> list[str]:
     """`train.py pretrained=<file>`: load the weights, and warn when the data feeds the model another
-    input convention than the one it learnt (fine-tuning then starts from features that do not fit)."""
-    load_backbone_weights(backbone, path, expected_name, reinit_classifier)
+    input convention than the one it learnt (fine-tuning then starts from features that do not fit).
+    Returns the backbone keys whose values came from the file."""
+    from_file = load_backbone_weights(backbone, path, expected_name, reinit_classifier)
     checkpoint = read_checkpoint(path)
     loaded = backbone_state_dict(checkpoint)
     left_out = sorted({key.split(".")[0] for key in checkpoint_tensors(checkpoint)} - {k.split(".")[0] for k in loaded})
@@ -231,6 +232,7 @@ def load_pretrained(
             path,
             "; ".join(differences),
         )
+    return from_file
 
 
 def checkpoint_tensors(checkpoint: dict[str, Any]) -> list[str]:
