@@ -14,6 +14,7 @@ import torch
 from fas.convention import ClassScheme, InputConvention
 from fas.errors import ConfigError
 from fas.finetune import PretrainedAnchor, interpolate
+from fas.models import BACKBONES, build_backbone
 from fas.module import LivenessModule
 from fas.train import train
 
@@ -121,3 +122,10 @@ def test_a_finetune_tests_and_records_the_interpolated_weights(short_fit: Path, 
         assert torch.equal(tuned[key], pretrained[key])
     assert interpolated["fas_threshold"]["split"] == "val" and interpolated["fas_threshold"]["value"] is not None
     assert report["threshold_choice"]["value"] == pytest.approx(interpolated["fas_threshold"]["value"])
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_backbone_parameter_is_in_exactly_one_stage(name: str) -> None:
+    backbone = build_backbone(name, input_size=64, num_classes=2)
+    in_stages = [id(p) for names in backbone.stages for n in names for p in getattr(backbone, n).parameters()]
+    assert sorted(in_stages) == sorted(id(p) for p in backbone.parameters())
