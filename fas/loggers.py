@@ -1,14 +1,24 @@
-"""Lightning's CSV logger, made to continue a run's `metrics.csv` when the run is resumed in its own folder."""
+"""What a training run writes as it goes: Lightning's CSV logger, made to continue a run's `metrics.csv` when
+the run is resumed in its own folder, and `EpochLog`, each epoch's speed in the run's log."""
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
+import time
 from pathlib import Path
+from typing import Any
 
+import lightning as L
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+from fas.progress import ProgressLog
+
+log = logging.getLogger(__name__)
 
 
 class ContinuingCSVLogger(CSVLogger):
@@ -68,3 +78,50 @@ class AppendingWriter(ExperimentWriter):
             writer.writerows(rows)
         os.replace(tmp, path)
         self.metrics_keys = header
+
+
+def batch_size(batch: Any) -> int:
+    return len(batch["image"]) if isinstance(batch, dict) and "image" in batch else 0
+
+
+class EpochLog(Callback):
+    """Each epoch's training and validation images, seconds and images/s in the run's log (one line each, on
+    terminals too, where Lightning's bar is gone once the epoch ends), and, when stderr is not a terminal, a
+    `ProgressLog` line every 30 s of a long training epoch (`configs/callbacks/epoch_log.yaml`)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        total = trainer.num_training_batches if isinstance(trainer.num_training_batches, int) else None
+        self.progress = ProgressLog(f"Epoch {trainer.current_epoch} training", total, "batches")
+        self.trained = 0
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.progress.update()
+        self.trained += batch_size(batch)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        speed_line(trainer.current_epoch, "trained on", self.trained, self.progress.start)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.validation_start, self.validated = time.monotonic(), 0
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.validated += batch_size(batch)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            speed_line(trainer.current_epoch, "validated", self.validated, self.validation_start)
+
+
+def speed_line(epoch: int, what: str, images: int, start: float) -> None:
+    seconds = time.monotonic() - start
+    log.info("Epoch %d: %s %s images in %.1f s (%.1f images/s)", epoch, what, f"{images:,}", seconds, images / seconds)

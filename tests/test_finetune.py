@@ -6,6 +6,8 @@ validation data."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -89,7 +91,9 @@ def test_l2sp_pulls_the_pretrained_weights_toward_their_start_and_leaves_new_one
     assert "backbone.prob.weight" not in anchor.start and not any(k.startswith("ft_head.") for k in anchor.start)
 
 
-def test_a_finetune_tests_and_records_the_interpolated_weights(short_fit: Path, tiny_data: Path, tmp_path: Path):
+def test_a_finetune_tests_and_records_the_interpolated_weights(
+    short_fit: Path, tiny_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     start = json.loads((short_fit / "report" / "metrics.json").read_text())["models"][0]["path"]
     overrides = [
         *TINY_RUN,
@@ -103,7 +107,14 @@ def test_a_finetune_tests_and_records_the_interpolated_weights(short_fit: Path, 
         "trainer.max_epochs=1",
         "seed=3",
     ]
-    train(compose_train(overrides, tmp_path))
+    with caplog.at_level(logging.INFO, logger="fas.loggers"):
+        train(compose_train(overrides, tmp_path))
+    # Each epoch's speed is in the log (fas.loggers.EpochLog), not only on a terminal's progress bar.
+    trained, validated = (
+        re.search(rf"Epoch 0: {what} ([\d,]+) images in [\d.]+ s \([\d.]+ images/s\)", caplog.text)
+        for what in ("trained on", "validated")
+    )
+    assert trained and validated and int(trained[1]) > int(validated[1]) > 0
     payload = json.loads((tmp_path / "report" / "metrics.json").read_text())
     report, metrics = payload["models"][0], payload["metrics"]
     # The tested weights sit halfway between the start and the fine-tuned ones, so they moved half as far.
