@@ -276,7 +276,9 @@ def _source_table(evaluations: Sequence[ModelEvaluation]) -> Block:
     for e in evaluations:
         for source, r in e.per_source.items():
             threshold = e.source_threshold(source)
-            apcer = ", ".join(f"{name} {format_metric('apcer', v)}" for name, v in r.apcer_per_type.items())
+            apcer = ", ".join(  # the types the source has
+                f"{name} {format_metric('apcer', v)}" for name, v in r.apcer_per_type.items() if v is not None
+            )
             rows.append(
                 [
                     e.name,
