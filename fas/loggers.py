@@ -99,9 +99,12 @@ class EpochLog(Callback):
     ) -> None:
         self.progress.update()
         self.trained += batch_size(batch)
+        self.trained_until = time.monotonic()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        speed_line(trainer.current_epoch, "trained on", self.trained, self.progress.start)
+        """After the epoch's validation (Lightning validates first): its time is counted up to the last batch."""
+        if self.trained:
+            speed_line(trainer.current_epoch, "trained on", self.trained, self.progress.start, self.trained_until)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.validation_start, self.validated = time.monotonic(), 0
@@ -119,9 +122,9 @@ class EpochLog(Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            speed_line(trainer.current_epoch, "validated", self.validated, self.validation_start)
+            speed_line(trainer.current_epoch, "validated", self.validated, self.validation_start, time.monotonic())
 
 
-def speed_line(epoch: int, what: str, images: int, start: float) -> None:
-    seconds = time.monotonic() - start
+def speed_line(epoch: int, what: str, images: int, start: float, end: float) -> None:
+    seconds = max(end - start, 1e-9)
     log.info("Epoch %d: %s %s images in %.1f s (%.1f images/s)", epoch, what, f"{images:,}", seconds, images / seconds)
