@@ -65,16 +65,25 @@ class DropMessages(logging.Filter):
 
 
 NOISE_FILTER = DropMessages("💡 Tip:")
+# What importing torchao (quantization=qat) logs on a CPU machine: its CUDA kernels and Triton are absent
+# (nothing fas uses needs them), and its pytree registration of an Enum is deprecated in torch 2.13.
+LIBRARY_NOISE = {
+    "lightning.pytorch.utilities.rank_zero": NOISE_FILTER,
+    "torchao": DropMessages("Failed to load "),
+    "torchao.kernel.intmm": DropMessages("Warning: Detected no triton"),
+    "torch.utils._pytree": DropMessages("<enum 'KernelPreference'> is an Enum subclass"),
+}
 
 
 def silence_library_noise() -> None:
     """Hide what libraries print on every run that asks nothing of the user: Lightning's advertisement for
-    its cloud logger, and the deprecation its own pytree code triggers in torch (Lightning 2.6 on torch
-    2.13). Warnings that concern the user's run are left alone."""
+    its cloud logger, the deprecation its own pytree code triggers in torch (Lightning 2.6 on torch 2.13), and
+    torchao's import notes (`LIBRARY_NOISE`). Warnings that concern the user's run are left alone."""
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if NOISE_FILTER not in rank_zero.filters:
-        rank_zero.addFilter(NOISE_FILTER)
+    for name, noise in LIBRARY_NOISE.items():
+        logger = logging.getLogger(name)
+        if noise not in logger.filters:
+            logger.addFilter(noise)
 
 
 def sweep_group(mode: Any, sweep_dir: str, task_name: str) -> str:

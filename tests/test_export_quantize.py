@@ -101,12 +101,14 @@ def test_compact_changes_no_output_and_shrinks_the_file(fp32_model: Path, tmp_pa
 
 
 def test_recipe_errors_name_the_setting(fp32_model: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"quantization.method must be one of static, dynamic, none, got 'int4'"):
+    with pytest.raises(ConfigError, match=r"quantization.method must be one of static, dynamic, qat, none, got 'int4'"):
         QuantizationRecipe(method="int4")
     with pytest.raises(ConfigError, match=r"calibration_method must be one of minmax, entropy, percentile"):
         QuantizationRecipe(calibration_method="kl")
     with pytest.raises(ConfigError, match=r"static quantization needs calibration images"):
         quantize(fp32_model, tmp_path / "x.onnx", QuantizationRecipe(), None)
+    with pytest.raises(ConfigError, match=r"quantization=qat trains the PyTorch model"):  # fas.export.qat does
+        quantize(fp32_model, tmp_path / "x.onnx", QuantizationRecipe(method="qat", float_stride=0), None)
 
 
 def test_calibration_count_need_not_fill_whole_batches(fp32_model: Path, tmp_path: Path) -> None:

@@ -85,15 +85,6 @@ def test_the_app_file_names_follow_the_silentface_convention() -> None:
     )
 
 
-def test_prelu_written_as_convolutions_is_exact() -> None:
-    torch.manual_seed(1)
-    prelu = torch.nn.PReLU(8)
-    with torch.no_grad():
-        prelu.weight.copy_(torch.tensor([-0.5, 0.0, 0.1, 0.25, 0.9, 1.0, 1.7, 3.0]))  # any slope, above 1 too
-    x = torch.randn(2, 8, 5, 5)
-    torch.testing.assert_close(tflite.PReluAsConvs(prelu)(x), prelu(x), rtol=0, atol=1e-6)
-
-
 def test_float_stride_names_the_high_resolution_blocks() -> None:
     """The blocks kept float are those whose output map is at most `float_stride` times smaller, named as
     litert-torch names their tensors; MiniFASNetV2 at 80: 40x40 after conv1 and conv2_dw, 20x20 after conv_23

@@ -1,12 +1,15 @@
 """End-of-training export: the best checkpoint -> every format of `formats` (`fas.formats`): by default
 `model.onnx`, `model_int8.onnx` and their report; with `formats=[onnx,tflite]` also the LiteRT files for
-phones and theirs."""
+phones and theirs. With `quantization=qat` the INT8 file comes from a quantization-aware training stage on the
+fit's data, whose per-step losses (`qat/loss`) go to the run's loggers after the fit's."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -18,6 +21,9 @@ from fas.export.quantize import QuantizationRecipe
 from fas.export.tflite import TfliteRecipe
 from fas.formats import parse_formats
 from fas.inference.tflite_file import require
+
+if TYPE_CHECKING:
+    from fas.export.qat import MetricsSink
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +63,27 @@ class ModelExport(Callback):
         if not path or not isinstance(datamodule, FaceDataModule):
             log.warning("Export skipped: it needs a saved checkpoint (ModelCheckpoint callback) and a FaceDataModule")
             return None
+        settings = dataclasses.replace(self.settings, log_metrics=after_fit(trainer))
         for model_format in self.formats:
-            result = model_format.export_function()(path, self.output_dir, datamodule, self.settings)
+            result = model_format.export_function()(path, self.output_dir, datamodule, settings)
+            for logger in trainer.loggers:
+                logger.save()  # what the export logged (the QAT stage's losses)
             log.info("Exported %s", result.summary())
             log_artifact(trainer.loggers, result, model_format.name)
             self.results[model_format.name] = result
         return self.results.get("onnx") or next(iter(self.results.values()))
+
+
+def after_fit(trainer: L.Trainer) -> MetricsSink:
+    """Log an export stage's per-step metrics (QAT's `qat/loss`, `qat/lr`) to the run's loggers, its steps
+    numbered on from the fit's last, so wandb and the CSV log show its curve after the fit's."""
+    first = trainer.global_step
+
+    def log_metrics(metrics: dict[str, float], step: int) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, first + step)
+
+    return log_metrics
 
 
 def log_artifact(loggers: list[Logger], result: ExportResult, kind: str) -> None:

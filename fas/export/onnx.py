@@ -35,9 +35,18 @@ def export_onnx(backbone: nn.Module, info: ModelInfo, path: str | Path, opset: i
     """Export `backbone` (classifier only, no FT head) to `path` and check it with `onnx.checker`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    size = info.convention.input_size
     model = copy.deepcopy(backbone).eval().to(memory_format=torch.contiguous_format)
-    example = torch.zeros(2, 3, size, size)
+    proto = onnx_graph(model, info.convention.input_size, opset)
+    write_metadata(proto, info)
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save_model(proto, path)
+    return path
+
+
+def onnx_graph(model: nn.Module, input_size: int, opset: int = OPSET) -> onnx.ModelProto:
+    """`model` as it is (no copy, no mode change) through the dynamo exporter: input `input` (N, 3, S, S) with a
+    dynamic batch axis, output `logits`, without the exporter's per-node debug notes."""
+    example = torch.zeros(2, 3, input_size, input_size)
     batch = torch.export.Dim("batch", min=1)
     with torch.no_grad(), quiet_loggers(EXPORTER_LOGGERS):
         program = torch.onnx.export(
@@ -54,10 +63,7 @@ def export_onnx(backbone: nn.Module, info: ModelInfo, path: str | Path, opset: i
     proto = program.model_proto
     for node in proto.graph.node:  # the exporter's per-node debug notes are a third of the file
         del node.metadata_props[:]
-    write_metadata(proto, info)
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save_model(proto, path)
-    return path
+    return proto
 
 
 @contextmanager

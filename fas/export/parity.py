@@ -8,12 +8,16 @@ is the argmax accuracy over the class scheme's targets, in percentage points.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 
 from fas.hardware import cpu_info, describe_cpu
 from fas.inference.backends import Backend, load_backend
@@ -22,6 +26,9 @@ FP32_TOLERANCE = 1e-4  # max |logit difference| allowed between PyTorch and the 
 FORMATS = {".onnx": "ONNX", ".tflite": "LiteRT"}
 INT8_ACCURACY_BUDGET = 0.5  # points of accuracy INT8 may change against FP32 before a warning
 SCORING_BATCH = 64
+# Layers by how ONNX Runtime runs them once it has fused the QDQ pairs around them (its optimized graph).
+INT8_LAYERS = {"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul"}
+FLOAT_LAYERS = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,22 @@ def latency_ms(path: str | Path, input_size: int, runs: int = 100, warmup: int =
         backend.logits(image)
         times.append(time.perf_counter() - start)
     return 1000 * float(np.median(times))
+
+
+def runtime_layers(path: str | Path) -> dict[str, int]:
+    """How many Conv / Gemm / MatMul layers of an ONNX file ONNX Runtime runs in 8 bits and how many in float:
+    counted in the graph it optimizes the file into (QDQ pairs fused into QLinearConv, QGemm, ...)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # no CPU-specific layout
+    options.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as tmp:
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        ops = Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+    return {
+        "int8": sum(ops[op] for op in INT8_LAYERS),
+        "float": sum(ops[op] for op in FLOAT_LAYERS),
+    }
 
 
 def accuracy_points(logits: np.ndarray, targets: np.ndarray) -> float:
@@ -97,6 +120,10 @@ def parity(
             "accuracy_delta_points": accuracy - report["fp32"]["accuracy"],
             "latency_ms": latency_ms(int8_path, size),
         }
+    if Path(fp32_path).suffix == ".onnx":
+        for name, path in (("fp32", fp32_path), ("int8", int8_path)):
+            if path is not None:
+                report[name]["layers"] = runtime_layers(path)
     return report
 
 
@@ -106,6 +133,11 @@ def write_report(report: dict[str, Any], directory: Path, name: str = "report") 
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     md_path.write_text(markdown(report))
     return json_path, md_path
+
+
+def layer_counts(file_report: dict[str, Any]) -> str:
+    layers = file_report.get("layers")
+    return f"{layers['int8']} / {layers['float']}" if layers else "-"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -125,7 +157,19 @@ def markdown(report: dict[str, Any]) -> str:
         f"| latency, 1 thread, batch 1 (ms) | - | {fp32['latency_ms']:.2f} | "
         + (f"{int8['latency_ms']:.2f} |" if int8 else "- |"),
     ]
+    if "layers" in fp32:
+        rows.append(
+            f"| Conv/Gemm layers run in int8 / float by ONNX Runtime | - | {layer_counts(fp32)} | "
+            + (f"{layer_counts(int8)} |" if int8 else "- |")
+        )
     settings = f"Quantization: {report['quantization']}."
+    qat = report.get("qat")
+    if qat:
+        settings += (
+            f" Quantization-aware training: {qat['steps']} steps of {qat['batch_size']} training crops in "
+            f"{qat['seconds']:.0f} s, distillation loss {qat['first_loss']:.4g} at the first step, "
+            f"{qat['last_loss']:.4g} over the last tenth."
+        )
     if "optimize" in report:
         settings += f" Graph rewrites for CPU: {'on' if report['optimize'] else 'off'}."
     cpu = report.get("cpu")

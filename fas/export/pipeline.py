@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import numpy as np
@@ -35,8 +35,11 @@ from fas.export.quantize import QuantizationRecipe, quantize
 from fas.export.rewrite import optimize_for_cpu
 from fas.export.tflite import TfliteRecipe
 from fas.formats import parse_formats
-from fas.hydra_utils import named_convention
+from fas.hydra_utils import named_convention, silence_library_noise
 from fas.inference.backends import TorchBackend, load_backend
+
+if TYPE_CHECKING:
+    from fas.export.qat import MetricsSink
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +54,13 @@ class ExportError(FasError, RuntimeError):
 @dataclass(frozen=True)
 class ExportSettings:
     """What the exporters write: the ONNX INT8 recipe (`configs/quantization/`), the LiteRT one
-    (`configs/tflite/`) and whether the ONNX graph is rewritten for CPU."""
+    (`configs/tflite/`) and whether the ONNX graph is rewritten for CPU; `log_metrics` is where the QAT
+    stage's per-step losses go (the training run's loggers; export.py only logs them as text)."""
 
     quantization: QuantizationRecipe = field(default_factory=QuantizationRecipe)
     tflite: TfliteRecipe = field(default_factory=TfliteRecipe)
     optimize: bool = True
+    log_metrics: MetricsSink | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -86,18 +91,56 @@ def export_model(
     datamodule: FaceDataModule,
     optimize: bool = True,
     convention: str | None = None,
+    log_metrics: MetricsSink | None = None,
 ) -> ExportResult:
     """Export `model_path` to ONNX (FP32, INT8) in `output_dir` and measure the files against the PyTorch model.
 
-    `convention` names the input convention of a weights file that records none (see `load_backend`).
+    `convention` names the input convention of a weights file that records none (see `load_backend`);
+    `log_metrics` receives the per-step losses of quantization-aware training (`recipe.method == "qat"`).
     """
     start = time.perf_counter()
-    backend, directory = prepare_export(model_path, output_dir, datamodule, convention)
+    qat = recipe.method == "qat"  # needs the training split, and says so in its own words when there is none
+    backend, directory = prepare_export(model_path, output_dir, datamodule, convention, "test" if qat else "fit")
+    crops = training_crops(datamodule) if qat else None
     calibration = calibration_images(datamodule, recipe.calibration_samples) if recipe.needs_calibration else None
     fp32 = write_fp32(backend, directory / FP32_NAME, optimize, calibration)
-    int8 = quantize(fp32, directory / INT8_NAME, recipe, calibration)
-    settings = {"optimize": optimize, "quantization": recipe.to_dict()}
+    settings: dict[str, Any] = {"optimize": optimize, "quantization": recipe.to_dict()}
+    if crops is not None:
+        workers = datamodule.num_workers
+        int8, settings["qat"] = write_qat(backend, crops, directory / INT8_NAME, recipe, log_metrics, workers)
+    else:
+        int8 = quantize(fp32, directory / INT8_NAME, recipe, calibration)
     return finish_export(model_path, backend, datamodule, fp32, int8, settings, start, "report")
+
+
+def training_crops(datamodule: FaceDataModule) -> Dataset:
+    """The training split unaugmented (what quantization-aware training learns on); one line when there is none."""
+    crops = datamodule.splits["train"].without_augmentation()
+    if len(crops) == 0:
+        raise ExportError(
+            f"{datamodule.describe()}: quantization=qat fine-tunes on the data's training split and there is none "
+            "(a held-out or test-only source); give data with training images, e.g. data=celeba_spoof data.root=..."
+        )
+    return crops
+
+
+def write_qat(
+    backend: TorchBackend,
+    crops: Dataset,
+    path: Path,
+    recipe: QuantizationRecipe,
+    log_metrics: MetricsSink | None,
+    workers: int = 0,
+) -> tuple[Path, dict[str, Any]]:
+    """The INT8 file of quantization-aware training on `crops` (read by `workers` loader processes), and the
+    stage's figures."""
+    from fas.export.qat import QatSettings, qat_int8  # torchao (seconds to import) only when QAT runs
+
+    settings = QatSettings(
+        recipe.qat_epochs, recipe.qat_max_steps, recipe.qat_batch_size, recipe.qat_lr, recipe.qat_seed
+    )
+    log.info("Quantization-aware training on %d training crops", len(crops))
+    return qat_int8(backend.model, backend.info, crops, path, settings, recipe.to_dict(), log_metrics, workers)
 
 
 def write_onnx(
@@ -108,7 +151,9 @@ def write_onnx(
     convention: str | None = None,
 ) -> ExportResult:
     """The `onnx` format's exporter (`fas.formats`)."""
-    return export_model(model_path, output_dir, settings.quantization, datamodule, settings.optimize, convention)
+    return export_model(
+        model_path, output_dir, settings.quantization, datamodule, settings.optimize, convention, settings.log_metrics
+    )
 
 
 def write_tflite(
@@ -146,15 +191,20 @@ def export_tflite_model(
 
 
 def prepare_export(
-    model_path: str | Path, output_dir: str | Path, datamodule: FaceDataModule, convention: str | None
+    model_path: str | Path,
+    output_dir: str | Path,
+    datamodule: FaceDataModule,
+    convention: str | None,
+    stage: str = "fit",
 ) -> tuple[TorchBackend, Path]:
-    """The PyTorch model of `model_path`, its data set up, and the output folder made."""
+    """The PyTorch model of `model_path`, its data set up for `stage` (`fit` requires a training and a test
+    split, `test` only the test split), and the output folder made."""
     backend = load_backend(model_path, convention=convention)
     if not isinstance(backend, TorchBackend):
         raise ExportError(f"{model_path}: export needs a PyTorch model (a .ckpt or .pth), not an exported file")
     check_data_fits(backend.info, datamodule, model_path)
     datamodule.prepare_data()
-    datamodule.setup("fit")
+    datamodule.setup(stage)
     directory = Path(output_dir)
     directory.mkdir(parents=True, exist_ok=True)
     return backend, directory
@@ -224,6 +274,8 @@ def check_parity(result: ExportResult) -> None:
             if onnx_file
             else "try more tflite.calibration_samples, or ship the FP32 file"
         )
+        if result.report["quantization"].get("method") == "qat":
+            fix = "train longer (quantization.qat_epochs, qat_max_steps), or keep layers float with quantization=static"
         log.warning(
             "%s changes test accuracy by %+.2f points against FP32 (budget %.1f; %.1f%% of live/spoof decisions "
             "agree); %s",
@@ -254,6 +306,7 @@ def labelled_images(dataset: Dataset) -> LabelledImages:
 def export(cfg: DictConfig) -> ExportResult:
     """`python export.py ckpt_path=... [format=onnx|tflite|[onnx,tflite]]`: the datamodule follows the
     checkpoint's convention. Returns the result of the last format written."""
+    silence_library_noise()
     formats = parse_formats(cfg.get("format", "onnx"))
     convention = named_convention(cfg)
     info = load_backend(cfg.ckpt_path, convention=convention).info

@@ -13,9 +13,11 @@
 - `dynamic`: weights only, activation ranges measured per inference (ConvInteger +
   DynamicQuantizeLinear), as in the published suri-liveness INT8 file; no calibration data, but
   slower than FP32 on CPU (experiments/export_latency).
+- `qat`: quantization-aware training, every layer 8-bit, the same scheme as `static` learned on the training
+  crops instead of calibrated on them (`fas.export.qat`; the `qat_*` settings).
 - `none`: FP32 only.
 
-The quantized file is then compacted without changing any value (`compact`).
+The static and dynamic files are then compacted without changing any value (`compact`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -49,7 +52,9 @@ from fas.errors import ConfigError
 from fas.export.layers import is_high_resolution
 from fas.export.onnx import INPUT_NAME, quiet_loggers
 
-METHODS = ("static", "dynamic", "none")
+METHODS = ("static", "dynamic", "qat", "none")
+QAT_KEYS = ("qat_epochs", "qat_max_steps", "qat_batch_size", "qat_lr", "qat_seed")
+CALIBRATION_KEYS = ("calibration_method", "calibration_samples", "float_stride")
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -59,13 +64,19 @@ CALIBRATION_METHODS = {
 
 @dataclass(frozen=True)
 class QuantizationRecipe:
-    """How to make `model_int8.onnx`; `calibration_samples` training crops are used by `static`."""
+    """How to make `model_int8.onnx`; `calibration_samples` training crops are used by `static`, the `qat_*`
+    settings by `qat` (at most `qat_max_steps` steps of `qat_batch_size` crops over `qat_epochs` epochs)."""
 
     method: str = "static"
     calibration_method: str = "percentile"
     calibration_samples: int = 128
     per_channel: bool = True
     float_stride: int = 4
+    qat_epochs: int = 2
+    qat_max_steps: int = 300
+    qat_batch_size: int = 32
+    qat_lr: float = 1e-5
+    qat_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -81,13 +92,34 @@ class QuantizationRecipe:
             raise ConfigError(
                 f"quantization.float_stride must be 0 (quantize every layer) or more, got {self.float_stride}"
             )
+        if self.method == "qat":
+            self.check_qat()
+
+    def check_qat(self) -> None:
+        for key in ("qat_epochs", "qat_max_steps", "qat_batch_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"quantization.{key}={value!r}: give a positive whole number")
+        if isinstance(self.qat_lr, bool) or not isinstance(self.qat_lr, int | float) or not 0 < self.qat_lr < math.inf:
+            raise ConfigError(
+                f"quantization.qat_lr={self.qat_lr!r}: the learning rate must be a positive number, e.g. 1e-5"
+            )
+        if self.float_stride != 0:
+            raise ConfigError(
+                f"quantization.float_stride={self.float_stride}: quantization=qat puts every layer in 8 bits; set "
+                "quantization.float_stride=0, or keep the high-resolution layers float with quantization=static"
+            )
+        if not self.per_channel:
+            raise ConfigError("quantization.per_channel=false: quantization=qat quantizes weights per channel only")
 
     @property
     def needs_calibration(self) -> bool:
         return self.method == "static"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings the method uses (what the report and the INT8 file's metadata record)."""
+        unused = CALIBRATION_KEYS if self.method == "qat" else QAT_KEYS
+        return {key: value for key, value in asdict(self).items() if key not in unused}
 
 
 class ArrayReader(CalibrationDataReader):
@@ -110,6 +142,8 @@ def quantize(
     """Write the INT8 model of `fp32_path` to `int8_path` (None for recipe `none`); metadata is kept."""
     if recipe.method == "none":
         return None
+    if recipe.method == "qat":
+        raise ConfigError("quantization=qat trains the PyTorch model: export it with fas.export.pipeline.export_model")
     if recipe.needs_calibration and (calibration is None or len(calibration) == 0):
         raise ConfigError("static quantization needs calibration images; use quantization=dynamic or none without data")
     int8_path = Path(int8_path)

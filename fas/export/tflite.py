@@ -4,7 +4,7 @@ The published Android integration of MiniFASNet feeds each model `[1, S, S, 3]` 
 model's own convention (for Silent-Face's: BGR 0-255 crops at 2.7x and 4.0x the face box) and reads
 `[1, classes]`. `export_fp32` converts the backbone with litert-torch behind its channel-last wrapper
 (`litert_torch.to_channel_last_io`), so the file takes exactly that, its PReLUs written with operations the
-integer kernels run (`PReluAsConvs`); `quantize_int8` quantizes it with
+integer kernels run (`fas.export.layers.PReluAsConvs`); `quantize_int8` quantizes it with
 ai-edge-quantizer (installed with litert-torch): int8 weights and int8 activations whose ranges are
 calibrated on the data config's training crops. The INT8 file keeps float input and output (a QUANTIZE
 after the input and a DEQUANTIZE before the output), so it is a drop-in replacement; `int8_io` makes its
@@ -42,7 +42,7 @@ from torch import nn
 
 from fas.convention import ModelInfo
 from fas.errors import ConfigError
-from fas.export.layers import is_high_resolution, prelu_decomposition
+from fas.export.layers import is_high_resolution, prelu_as_convs
 from fas.inference.tflite_file import OUTPUT_KEY, TfliteError, read_metadata, require, write_metadata
 
 log = logging.getLogger(__name__)
@@ -109,49 +109,6 @@ def export_fp32(backbone: nn.Module, info: ModelInfo, path: str | Path, softmax:
         edge.export(str(path))
     write_metadata(path, info, softmax)
     return path
-
-
-class PReluAsConvs(nn.Module):
-    """PReLU as `x + outer * relu(inner * x)`, the scales as 1x1 depthwise convolutions
-    (`fas.export.layers.prelu_decomposition`, the ONNX export's rewrite too).
-
-    litert-torch lowers PReLU to `relu(x) - a * relu(-x)`: in an INT8 graph that per-channel MUL and the
-    SUB around it fall outside XNNPACK's integer kernels, so each of MiniFASNet's 33 PReLUs splits the
-    graph and runs on reference kernels (MiniFASNetV2-80 INT8: 4.1 ms, slower than FP32's 1.1 ms, on an
-    Intel Xeon with AVX-512). Convolutions, RELU and ADD stay in XNNPACK: 0.86 ms.
-    """
-
-    def __init__(self, prelu: nn.PReLU) -> None:
-        super().__init__()
-        slope = prelu.weight.detach().reshape(-1)
-        if slope.numel() < 2:
-            raise ValueError("PReluAsConvs needs a per-channel PReLU")
-        inner, outer = prelu_decomposition(slope.numpy())
-        self.inner = depthwise_scale(inner)
-        self.outer = depthwise_scale(outer) if outer is not None else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rectified = torch.relu(self.inner(x))
-        return x + (self.outer(rectified) if self.outer is not None else rectified)
-
-
-def depthwise_scale(scale: np.ndarray) -> nn.Conv2d:
-    """A 1x1 depthwise convolution multiplying channel c by scale[c]."""
-    channels = scale.size
-    conv = nn.Conv2d(channels, channels, 1, groups=channels, bias=False)
-    with torch.no_grad():
-        conv.weight.copy_(torch.from_numpy(scale).reshape(channels, 1, 1, 1))
-    return conv
-
-
-def prelu_as_convs(module: nn.Module) -> nn.Module:
-    """`module` with every per-channel PReLU replaced by `PReluAsConvs` (in place; pass a copy)."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.PReLU) and child.weight.numel() > 1:
-            setattr(module, name, PReluAsConvs(child))
-        else:
-            prelu_as_convs(child)
-    return module
 
 
 def high_resolution_scopes(backbone: nn.Module, input_size: int, float_stride: int) -> list[str]:

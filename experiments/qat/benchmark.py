@@ -1,0 +1,192 @@
+"""Quantization-aware training vs fas's static INT8 recipes: fidelity to FP32, latency and size (issue 22).
+
+The model is the published suri-liveness MiniFASNetV2SE-128 (`best_model.pth`, read as `export.py` reads
+it, with its own input convention); the data the embedded synthetic set (generated under data/synthetic when
+absent). Each file is written by `fas.export.pipeline.export_model`, the code path of `python export.py`:
+
+- `static`: the default recipe (calibrated QDQ, the high-resolution layers float: `float_stride=4`);
+- `static_all8`: the same with every layer in 8 bits (`float_stride=0`);
+- `qat`: `quantization=qat` with its default settings (configs/quantization/qat.yaml), every layer in 8 bits.
+
+Fidelity (decisions that agree with FP32, accuracy change, mean |logit difference|) is each export's own
+report on the synthetic test split. Latency: ONNX Runtime CPU provider, 1 intra-op thread, batch 1, all graph
+optimizations, the files timed in interleaved rounds (a busy neighbour slows all of them alike), medians.
+
+    python experiments/qat/benchmark.py   # prints the CPU, the table and the ratios; writes results.json/.md
+
+PyTorch runs on one thread: on a shared 2-core machine two threads made each QAT step 50x slower (every
+one of the graph's ~300 small ops waits at a barrier for the core the neighbour holds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from fas.data.datamodule import FaceDataModule
+from fas.data.sources.celeba_spoof import CelebASpoofSource
+from fas.export.parity import batched_logits
+from fas.export.pipeline import ExportResult, export_model, labelled_images
+from fas.export.quantize import QuantizationRecipe
+from fas.hardware import cpu_info, describe_cpu
+from fas.hydra_utils import silence_library_noise
+from fas.inference.backends import load_backend
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+WEIGHTS = Path(os.environ.get("FAS_SHARED_DIR", REPO.parent / "shared")) / "reference/suri-liveness/best_model.pth"
+DATA = REPO / "data" / "synthetic"
+RECIPES = {
+    "static": QuantizationRecipe(),
+    "static_all8": QuantizationRecipe(float_stride=0),
+    "qat": QuantizationRecipe(method="qat", float_stride=0),  # configs/quantization/qat.yaml's values
+}
+ROUNDS, RUNS_PER_ROUND, WARMUP = 10, 100, 50
+
+
+def lscpu() -> dict[str, str]:
+    """`lscpu`'s model name and flags (the vector ISA decides x86 INT8 speed)."""
+    lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    return {key: fields.get(key, "").strip() for key in ("Model name", "CPU(s)", "Flags")}
+
+
+def exports(directory: Path) -> tuple[dict[str, ExportResult], np.ndarray]:
+    """Every recipe's export of the suri-liveness weights, and the test crops."""
+    info = load_backend(WEIGHTS).info
+    source = CelebASpoofSource(str(DATA), synthetic={})
+    datamodule = FaceDataModule({"celeba_spoof": source}, info.class_scheme, info.convention)
+    results = {}
+    for name, recipe in RECIPES.items():
+        start = time.perf_counter()
+        results[name] = export_model(WEIGHTS, directory / name, recipe, datamodule)
+        print(f"{name}: exported in {time.perf_counter() - start:.0f} s", flush=True)
+    return results, labelled_images(datamodule.splits["test"]).images
+
+
+def session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def interleaved_latency(paths: dict[str, Path], size: int) -> dict[str, float]:
+    image = np.random.default_rng(0).uniform(0, 1, (1, 3, size, size)).astype(np.float32)
+    sessions = {name: session(path) for name, path in paths.items()}
+    for s in sessions.values():
+        for _ in range(WARMUP):
+            s.run(None, {"input": image})
+    times: dict[str, list[float]] = defaultdict(list)
+    for _ in range(ROUNDS):
+        for name, s in sessions.items():
+            for _ in range(RUNS_PER_ROUND):
+                start = time.perf_counter()
+                s.run(None, {"input": image})
+                times[name].append(time.perf_counter() - start)
+    return {name: 1000 * float(np.median(t)) for name, t in times.items()}
+
+
+def rows(results: dict[str, ExportResult], crops: np.ndarray, latency: dict[str, float]) -> list[dict]:
+    fp32, layers = results["static"].fp32, results["static"].report["fp32"]["layers"]
+    fp32_logits = batched_logits(load_backend(fp32), crops)
+    table = [
+        {
+            "file": "fp32",
+            "ms": latency["fp32"],
+            "bytes": fp32.stat().st_size,
+            "layers": f"{layers['int8']} int8 / {layers['float']} float",
+        }
+    ]
+    for name, result in results.items():
+        int8 = result.report["int8"]
+        logits = batched_logits(load_backend(result.int8), crops)
+        table.append(
+            {
+                "file": name,
+                "ms": latency[name],
+                "bytes": int8["file_bytes"],
+                "layers": f"{int8['layers']['int8']} int8 / {int8['layers']['float']} float",
+                "agreement": int8["decision_agreement"],
+                "accuracy_delta_points": int8["accuracy_delta_points"],
+                "mean_abs_logit_diff": float(np.abs(logits - fp32_logits).mean()),
+                "qat": result.report.get("qat"),
+            }
+        )
+    return table
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        "# QAT vs static INT8: suri-liveness MiniFASNetV2SE-128 on the synthetic test split",
+        "",
+        f"CPU: {results['lscpu']['Model name']} ({results['lscpu']['CPU(s)']} CPUs; {describe_cpu(results['cpu'])}); "
+        f"ONNX Runtime {results['onnxruntime']}, torch {results['torch']}; load average at the start "
+        f"{results['load_average_at_start'][0]:.2f}; {results['test_crops']} test crops.",
+        "",
+        "| file | median ms (1 thread, batch 1) | FP32 / file | size KiB | Conv/Gemm in ORT | decisions as FP32 | "
+        "accuracy change (points) | mean abs logit diff vs FP32 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    fp32_ms = results["rows"][0]["ms"]
+    for row in results["rows"]:
+        fidelity = (
+            f"{100 * row['agreement']:.2f}% | {row['accuracy_delta_points']:+.2f} | {row['mean_abs_logit_diff']:.3f}"
+            if "agreement" in row
+            else "- | - | -"
+        )
+        lines.append(
+            f"| {row['file']} | {row['ms']:.2f} | {fp32_ms / row['ms']:.2f}x | {row['bytes'] / 1024:.0f} | "
+            f"{row['layers']} | {fidelity} |"
+        )
+    qat = next(row["qat"] for row in results["rows"] if row["file"] == "qat")
+    lines += [
+        "",
+        f"QAT: {qat['steps']} steps of {qat['batch_size']} crops in {qat['seconds']:.0f} s, distillation loss "
+        f"{qat['first_loss']:.4g} at the first step, {qat['last_loss']:.4g} over the last tenth.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    silence_library_noise()
+    torch.set_num_threads(1)
+    cpu = lscpu()
+    print("CPU:", cpu["Model name"], "|", describe_cpu(), flush=True)
+    print("Flags:", cpu["Flags"], flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        results_by_recipe, crops = exports(Path(tmp))
+        load = os.getloadavg()
+        paths = {"fp32": results_by_recipe["static"].fp32, **{n: r.int8 for n, r in results_by_recipe.items()}}
+        latency = interleaved_latency(paths, crops.shape[-1])
+        table = rows(results_by_recipe, crops, latency)
+    results = {
+        "lscpu": cpu,
+        "cpu": cpu_info(),
+        "onnxruntime": ort.__version__,
+        "torch": torch.__version__,
+        "load_average_at_start": load,
+        "test_crops": len(crops),
+        "rows": table,
+        "ratios": {f"fp32 / {row['file']}": latency["fp32"] / row["ms"] for row in table[1:]},
+    }
+    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (HERE / "results.md").write_text(markdown(results))
+    print(markdown(results))
+    print("Ratios:", ", ".join(f"{k} {v:.2f}x" for k, v in results["ratios"].items()))
+
+
+if __name__ == "__main__":
+    main()
