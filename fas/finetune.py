@@ -52,7 +52,8 @@ def interpolate(pretrained: dict[str, torch.Tensor], tuned: dict[str, torch.Tens
 
 class PretrainedAnchor(Callback):
     """L2-SP toward the weights the fit started from while it runs, WiSE-FT toward them when it ends (see
-    the module docstring). With both off (`l2sp=0`, `interpolation=1`) it does nothing."""
+    the module docstring). With both off (`l2sp=0`, `interpolation=1`) it only measures how far a fit from
+    `pretrained=` weights moved (`moved`, which the run's report prints)."""
 
     def __init__(self, interpolation: float = 1.0, l2sp: float = 0.0) -> None:
         if isinstance(interpolation, bool) or not isinstance(interpolation, int | float) or not 0 <= interpolation <= 1:
