@@ -4,12 +4,13 @@ Every model is loaded through `fas.inference.backends.load_backend`, so a Lightn
 export (FP32 or INT8) and imported published weights are scored by one code path. The evaluation data is
 built with each model's own recorded input convention (crop rule, size, colour order, scale); the
 decision threshold is chosen on the validation split and applied unchanged to the evaluated split.
+`fuse=[[a,b]]` adds the models fused as Silent-Face's app fuses its pair (`fuse_models`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from fas.convention import ModelInfo
 from fas.data.datamodule import FaceDataModule, datamodule_for
 from fas.errors import ConfigError, FasError
 from fas.hydra_utils import (
@@ -88,10 +90,13 @@ def evaluate(cfg: DictConfig) -> ReportFiles:
     backends = [load_backend(path, cfg.device, cfg.get("threads"), convention) for path in paths]
     for backend, path in zip(backends, paths, strict=True):
         check_model_io(backend, path)
-    evaluations = [
+    groups = fused_groups(cfg.get("fuse"), paths)
+    scored = [
         evaluate_model(backend, name, path, cfg)
         for backend, name, path in zip(backends, unique_names(paths), paths, strict=True)
     ]
+    evaluations = [model.evaluation for model in scored]
+    evaluations += [fuse_models([scored[i] for i in group], cfg) for group in groups]
     output_dir = Path(cfg.paths.output_dir)
     files = write_report(
         output_dir / "report",
@@ -113,39 +118,165 @@ def evaluate(cfg: DictConfig) -> ReportFiles:
     return files
 
 
-def evaluate_model(backend: Backend, name: str, path: str, cfg: DictConfig) -> ModelEvaluation:
+@dataclass(frozen=True)
+class ScoredModel:
+    """One model's evaluation and what fusing it with others needs: which face each score belongs to
+    ((source index, `Sample.key`), per split) and its validation scores when they were scored."""
+
+    evaluation: ModelEvaluation
+    keys: dict[str, list[tuple[int, str]]]
+    val_scores: Scores | None
+    source_names: list[str]
+    attack_types: list[int]
+
+
+def evaluate_model(backend: Backend, name: str, path: str, cfg: DictConfig) -> ScoredModel:
     """Score one model on the validation split (for the threshold) and on `cfg.split`; with several data
     sources, each source also alone (the cross-dataset table), at its own threshold where the rule chooses one."""
     chosen_scheme = hydra.utils.instantiate(cfg.class_scheme) if cfg.get("class_scheme") else None
-    needs_val = cfg.threshold.rule in ("eer", "apcer") or (cfg.threshold.rule == "model" and not backend.info.threshold)
+    needs_val = (
+        cfg.threshold.rule in ("eer", "apcer")
+        or (cfg.threshold.rule == "model" and not backend.info.threshold)
+        or bool(cfg.get("fuse"))  # a fused score's threshold is chosen on validation data
+    )
     needed = (cfg.split, "val") if needs_val else (cfg.split,)  # only what is scored is detected and cropped
     datamodule = datamodule_for(cfg.data, backend.info, cfg.get("detector"), chosen_scheme, needed)
     datamodule.prepare_data()
     datamodule.setup("test")
     scores = score_loader(backend, split_loader(datamodule, cfg.split), f"{name} {cfg.split}")
     threshold, val_scores = decision_threshold(backend, name, path, datamodule, cfg, scores)
-    source_thresholds = per_source_thresholds(threshold, scores, val_scores, datamodule.source_names, cfg)
+    if val_scores is None and needs_val and len(datamodule.splits["val"]):
+        val_scores = score_loader(backend, datamodule.val_dataloader(), f"{name} val")
     attack_types = [t for t in datamodule.class_scheme.spoof_type_classes if t != 0]
-    result = pad_metrics(scores, threshold.value, attack_types)
-    per_source = pad_metrics_per_source(
-        scores,
-        threshold.value,
-        attack_types,
-        datamodule.source_names,
-        {source: choice.value for source, choice in source_thresholds.items()},
-    )
-    return ModelEvaluation(
+    evaluation = model_evaluation(
         name,
         str(path),
         backend.info,
         threshold,
         scores,
+        val_scores,
+        datamodule.source_names,
+        attack_types,
+        datamodule.describe(),
+        datamodule.skipped,
+        cfg,
+    )
+    keys = {split: datamodule.splits[split].record_keys() for split in needed}
+    return ScoredModel(evaluation, keys, val_scores, datamodule.source_names, attack_types)
+
+
+def model_evaluation(
+    name: str,
+    path: str | None,
+    info: ModelInfo,
+    threshold: ThresholdChoice,
+    scores: Scores,
+    val_scores: Scores | None,
+    source_names: list[str],
+    attack_types: list[int],
+    data: str,
+    skipped: dict[str, int],
+    cfg: DictConfig,
+) -> ModelEvaluation:
+    """The PAD metrics of `scores` at `threshold`, pooled and per source (each at its own threshold where the
+    rule chooses one on the data)."""
+    source_thresholds = per_source_thresholds(threshold, scores, val_scores, source_names, cfg)
+    result = pad_metrics(scores, threshold.value, attack_types)
+    per_source = pad_metrics_per_source(
+        scores,
+        threshold.value,
+        attack_types,
+        source_names,
+        {source: choice.value for source, choice in source_thresholds.items()},
+    )
+    return ModelEvaluation(
+        name,
+        path,
+        info,
+        threshold,
+        scores,
         result,
         per_source,
-        datamodule.describe(),
+        data,
         source_thresholds,
-        {source: datamodule.skipped.get(source, 0) for source in per_source},
+        {source: skipped.get(source, 0) for source in per_source},
     )
+
+
+def fused_groups(fuse: Any, paths: list[str]) -> list[list[int]]:
+    """`fuse=[[a.pth,b.pth],...]` -> the positions of each group's files in `ckpt_path`."""
+    if not fuse:
+        return []
+    groups = []
+    for group in fuse:
+        if isinstance(group, str) or len(group) < 2:
+            raise ConfigError(
+                f"fuse={OmegaConf.to_yaml(fuse).strip()!r}: give groups of 2+ model files, e.g. fuse=[[a.onnx,b.onnx]]"
+            )
+        missing = [str(p) for p in group if str(p) not in paths]
+        if missing:
+            raise ConfigError(f"fuse names {missing[0]}, which ckpt_path does not list; add it to ckpt_path")
+        groups.append([paths.index(str(p)) for p in group])
+    return groups
+
+
+def fuse_models(models: list[ScoredModel], cfg: DictConfig) -> ModelEvaluation:
+    """Several models fused as Silent-Face's app fuses its pair: each scores the face on its own crop and the
+    fused spoof score is the mean of theirs (1 - the mean probability of "live"). Scored on the faces every
+    model scored; the threshold is chosen on the fused validation scores (no file records one for the fusion)."""
+    first = models[0]
+    scores = fused_scores([(m.keys[cfg.split], m.evaluation.scores) for m in models])
+    val_scores = None
+    if all(m.val_scores is not None for m in models):
+        val_scores = fused_scores([(m.keys["val"], m.val_scores) for m in models])
+    rule = "eer" if cfg.threshold.rule == "model" else cfg.threshold.rule
+    reason = "a fusion records no threshold; " if cfg.threshold.rule == "model" else ""
+    if rule == "fixed":
+        threshold = choose_threshold("fixed", value=cfg.threshold.value)
+    elif val_scores is not None and len(val_scores.score):
+        threshold = choose_threshold(rule, val_scores, split="val", **target(cfg))
+        threshold = replace(threshold, reason=threshold.reason or reason + "chosen on the fused validation scores")
+    else:
+        threshold = choose_threshold(rule, scores, split=cfg.split, **target(cfg))
+        threshold = replace(threshold, reason=threshold.reason or reason + NO_VALIDATION)
+    lost = len(first.evaluation.scores) - len(scores)
+    if lost:
+        log.warning(
+            "Fusion: %d of %s's faces were not scored by every model; they are left out", lost, first.evaluation.name
+        )
+    names = [m.evaluation.name for m in models]
+    info = replace(
+        first.evaluation.info, backbone=" + ".join(m.evaluation.info.backbone for m in models), threshold=None
+    )
+    skipped = {
+        source: max(m.evaluation.skipped.get(source, 0) for m in models) for source in first.evaluation.per_source
+    }
+    return model_evaluation(
+        " + ".join(names),
+        None,
+        info,
+        threshold,
+        scores,
+        val_scores,
+        first.source_names,
+        first.attack_types,
+        first.evaluation.data,
+        skipped,
+        cfg,
+    )
+
+
+def fused_scores(parts: list[tuple[list[tuple[int, str]], Scores]]) -> Scores:
+    """The mean spoof score per face over the models, on the faces all of them scored (in the first's order)."""
+    (first_keys, first), others = parts[0], parts[1:]
+    positions = [dict(zip(keys, range(len(keys)), strict=True)) for keys, _ in others]
+    kept = [i for i, key in enumerate(first_keys) if all(key in p for p in positions)]
+    total = first.score[kept].copy()
+    for position, (_, scores) in zip(positions, others, strict=True):
+        total += scores.score[[position[first_keys[i]] for i in kept]]
+    fused = first.subset(np.asarray(kept, np.int64))
+    fused.score = total / len(parts)
+    return fused
 
 
 def decision_threshold(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         convention=datamodule.convention.to_dict(),
         class_scheme=datamodule.class_scheme.to_dict(),
     )
+    if model.frozen_modules:  # finetune.frozen_stages keeps them in eval mode on purpose: not worth a warning
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     if cfg.get("pretrained"):
         from_file = load_pretrained(
             model.backbone,

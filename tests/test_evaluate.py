@@ -369,3 +369,65 @@ def test_several_models_on_several_data_sources_give_one_cross_dataset_table(
     markdown = files.markdown.read_text()
     assert "## Cross-dataset: ROC-AUC / HTER of each model on each data source" in markdown
     assert "| model | mine | photos |" in markdown
+
+
+def test_fused_scores_are_the_mean_per_face_on_the_faces_every_model_scored() -> None:
+    """Faces are matched by (source, key), not by position: each model's crops may come in another order."""
+    from fas.evaluate import fused_scores
+    from fas.metrics import Scores
+
+    first = Scores([0.2, 0.9, 0.4], [0, 1, 8], source=[0, 0, 1])
+    first_keys = [(0, "a.jpg"), (0, "b.jpg"), (1, "a.jpg")]
+    second = Scores([0.8, 0.0, 0.6, 0.3], [8, 0, 1, 0], source=[1, 0, 0, 0])
+    second_keys = [(1, "a.jpg"), (0, "a.jpg"), (0, "b.jpg"), (0, "c.jpg")]
+    fused = fused_scores([(first_keys, first), (second_keys, second)])
+    assert fused.score.tolist() == pytest.approx([0.1, 0.75, 0.6])
+    assert fused.spoof_type.tolist() == [0, 1, 8] and fused.source.tolist() == [0, 0, 1]
+    third = Scores([0.5], [1])  # scored only b.jpg: the fusion keeps the faces every model scored
+    fused = fused_scores([(first_keys, first), (second_keys, second), ([(0, "b.jpg")], third)])
+    assert fused.score.tolist() == pytest.approx([(0.9 + 0.6 + 0.5) / 3]) and fused.spoof_type.tolist() == [1]
+
+
+def test_fusing_a_model_with_itself_changes_nothing(reference_dir: Path, tiny_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    weights = reference_dir / "silentface/2.7_80x80_MiniFASNetV2.pth"
+    twin = tmp_path / "twin" / weights.name
+    twin.parent.mkdir()
+    shutil.copy(weights, twin)
+    overrides = [f"ckpt_path=[{weights},{twin}]", f"fuse=[[{weights},{twin}]]", "threshold.rule=eer"]
+    files = evaluate(compose_evaluate([*overrides, *TINY, f"data.root={tiny_data}"], tmp_path))
+    alone, _, fused = json.loads(files.metrics.read_text())["models"]
+    assert fused["name"] == f"silentface/{weights.name} + twin/{weights.name}"
+    assert fused["counts"] == alone["counts"]
+    assert fused["threshold_choice"]["value"] == pytest.approx(alone["threshold_choice"]["value"], abs=1e-12)
+    for key, value in alone["metrics"].items():
+        assert fused["metrics"][key] == pytest.approx(value, abs=1e-9, nan_ok=True), key
+
+
+def test_the_silentface_pair_fused_as_its_app_does(reference_dir: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """Each model on its own crop (2.7x and 4.0x the face box); the fusion's threshold is chosen on the fused
+    validation scores (no file records one for it), and the report gets a third row."""
+    from conftest import PUBLISHED_WEIGHTS
+
+    v2, v1se = (str(reference_dir / relative) for relative in PUBLISHED_WEIGHTS[:2])
+    overrides = [f"ckpt_path=[{v2},{v1se}]", f"fuse=[[{v2},{v1se}]]", *TINY, f"data.root={tiny_data}"]
+    files = evaluate(compose_evaluate([*overrides, "class_scheme=binary"], tmp_path))
+    first, second, fused = json.loads(files.metrics.read_text())["models"]
+    assert fused["name"] == f"{Path(v2).name} + {Path(v1se).name}"
+    assert fused["backbone"] == f"{first['backbone']} + {second['backbone']}"
+    assert fused["counts"] == first["counts"] == second["counts"]
+    choice = fused["threshold_choice"]
+    assert choice["split"] == "val" and "a fusion records no threshold" in choice["reason"]
+    assert 0.0 <= fused["metrics"]["auroc"] <= 1.0
+    assert f"Model {Path(v2).name} + {Path(v1se).name}" in files.markdown.read_text()
+
+
+def test_fusing_a_file_that_is_not_evaluated_is_one_line() -> None:
+    from fas.evaluate import fused_groups
+
+    assert fused_groups([["a.onnx", "b.onnx"]], ["b.onnx", "a.onnx"]) == [[1, 0]]
+    with pytest.raises(ConfigError, match=r"fuse names c\.onnx, which ckpt_path does not list"):
+        fused_groups([["a.onnx", "c.onnx"]], ["a.onnx", "b.onnx"])
+    with pytest.raises(ConfigError, match="groups of 2"):
+        fused_groups([["a.onnx"]], ["a.onnx"])

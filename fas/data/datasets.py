@@ -69,6 +69,11 @@ class FaceCropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def keys(self) -> list[str]:
+        """Each item's `Sample.key`, in order."""
+        return [sample.key for sample in self.samples]
+
     def load_crop(self, index: int) -> np.ndarray:
         """The face crop as HxWx3 uint8 RGB, before augmentation."""
         return load_crop(self.samples[index], self.convention)
@@ -91,6 +96,7 @@ class PackedCropDataset(Dataset):
         self.array_of = np.array([self.arrays.index(s.split or "all") for s in samples], np.int64)
         self.rows = np.array([s.cache_row for s in samples], np.int64)
         self.labels = np.array([labels_of(s) for s in samples], np.int64)
+        self.keys = np.array([s.key for s in samples], dtype=str)  # each item's `Sample.key`
         self.convention = convention
         self.transform = transform
         self._images: list[np.ndarray] | None = None
@@ -137,6 +143,11 @@ class SplitDataset(Dataset):
         for _, dataset in parts:
             dataset.transform = None
         return SplitDataset(parts)
+
+    def record_keys(self) -> list[tuple[int, str]]:
+        """(source index, `Sample.key`) of each item, in order: what identifies a face across input
+        conventions (two models' crops of one record), e.g. to fuse their scores."""
+        return [(source, str(key)) for source, dataset in self.parts for key in dataset.keys]
 
     def source_of(self, index: int) -> int:
         return self.parts[bisect.bisect_right(self.offsets, index) - 1][0]
