@@ -10,8 +10,10 @@ started from (the `pretrained=` weights) and keeps the result near them two ways
 - WiSE-FT (Wortsman et al., 2022, "Robust fine-tuning of zero-shot models"), `finetune.interpolation=a`:
   when the fit ends the best checkpoint becomes `(1 - a) * w_start + a * fine-tuned`, its decision threshold
   re-chosen on the validation split with the interpolated weights, and that checkpoint is the one the run
-  tests and exports. `a = 1` keeps the fine-tuned weights; sweep `a` and choose it on validation data that
-  stands for what must be kept.
+  tests and exports. `a = 1` keeps the fine-tuned weights. Give a list of candidates and data that stands
+  for what must be kept (`finetune.keep`, e.g. photos of the cameras and attacks the model handled before)
+  and the run chooses: the largest `a` whose ROC-AUC on that data stays within `keep_tolerance` of the start's
+  (`choose_interpolation`), i.e. as much of the new data as can be learned without losing the old.
 
 Frozen stages and per-stage learning rates (`finetune.frozen_stages`, `finetune.stage_lr_decay`) live in
 `fas.module.LivenessModule`, which builds the optimizer.
@@ -20,6 +22,7 @@ Frozen stages and per-stage learning rates (`finetune.frozen_stages`, `finetune.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +30,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from fas.data.datamodule import FaceDataModule
 from fas.errors import ConfigError
-from fas.metrics import ScoreCollector, choose_threshold, roc_auc
+from fas.metrics import ScoreCollector, Scores, choose_threshold, roc_auc
 from fas.models.checkpoint import read_checkpoint
 from fas.module import THRESHOLD_KEY, LivenessModule
 
@@ -55,23 +59,41 @@ class PretrainedAnchor(Callback):
     the module docstring). With both off (`l2sp=0`, `interpolation=1`) it only measures how far a fit from
     `pretrained=` weights moved (`moved`, which the run's report prints)."""
 
-    def __init__(self, interpolation: float = 1.0, l2sp: float = 0.0) -> None:
-        if isinstance(interpolation, bool) or not isinstance(interpolation, int | float) or not 0 <= interpolation <= 1:
-            raise ConfigError(f"finetune.interpolation={interpolation!r}: give a weight in [0, 1] (1: fine-tuned only)")
+    def __init__(
+        self, interpolation: float | Sequence[float] = 1.0, l2sp: float = 0.0, keep_tolerance: float = 0.005
+    ) -> None:
+        candidates = [interpolation] if isinstance(interpolation, int | float | bool) else list(interpolation)
+        if not candidates or not all(is_weight(a) for a in candidates):
+            raise ConfigError(
+                f"finetune.interpolation={interpolation!r}: give a weight in [0, 1] (1: fine-tuned only) "
+                "or a list of them to choose from on finetune.keep"
+            )
         if isinstance(l2sp, bool) or not isinstance(l2sp, int | float) or l2sp < 0:
             raise ConfigError(f"finetune.l2sp={l2sp!r}: give a weight >= 0 (0: off)")
-        self.interpolation = float(interpolation)
+        self.candidates = sorted({float(a) for a in candidates})
+        self.interpolation = self.candidates[-1]  # the one tested; chosen among the candidates at fit end
         self.l2sp = float(l2sp)
+        self.keep_tolerance = float(keep_tolerance)
+        # Data that stands for what the model must keep (`finetune.keep`; fas.train sets it): a datamodule
+        # whose test split is scored for each candidate.
+        self.keep: FaceDataModule | None = None
         self.start: dict[str, torch.Tensor] | None = None
         # After fit, how far the tested weights moved from the start (see `distance`): {"fine-tuned": ...,
         # "interpolated": ...}; empty without pretrained weights.
         self.moved: dict[str, float] = {}
+        # After fit with `keep`: ROC-AUC there per interpolation weight (0: the start), and the weight chosen.
+        self.keep_auroc: dict[float, float | None] = {}
 
     @property
     def active(self) -> bool:
-        return self.interpolation < 1 or self.l2sp > 0
+        return self.candidates[0] < 1 or self.l2sp > 0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if len(self.candidates) > 1 and self.keep is None:
+            raise ConfigError(
+                f"finetune.interpolation={self.candidates}: choosing among several weights needs data that stands "
+                "for what the model must keep: +source@finetune.keep=folder finetune.keep.root=<folder>"
+            )
         kept = getattr(pl_module, "pretrained_keys", None)
         if self.start is None and (self.active or kept is not None):  # a resumed run restored it (load_state_dict)
             if kept is None:
@@ -114,6 +136,9 @@ class PretrainedAnchor(Callback):
             return
         checkpoint = read_checkpoint(best)
         self.moved = {"fine-tuned": self.distance(checkpoint["state_dict"])}
+        if self.keep is not None:
+            self.interpolation = self.choose_on_keep(pl_module, checkpoint["state_dict"])
+            pl_module.load_state_dict(checkpoint["state_dict"])
         if self.interpolation >= 1:
             log.info(
                 "%s moved %.2f%% from the weights the fit started from", Path(best).name, 100 * self.moved["fine-tuned"]
@@ -153,18 +178,74 @@ class PretrainedAnchor(Callback):
                 total += float(start.float().square().sum())
         return (moved / total) ** 0.5 if total else 0.0
 
+    def choose_on_keep(self, module: LivenessModule, tuned: dict[str, torch.Tensor]) -> float:
+        """Score the start (a = 0) and each candidate on the keep data's test split; `choose_interpolation`."""
+        loader = self.keep.test_dataloader()
+        for weight in [0.0, *self.candidates]:
+            module.load_state_dict(interpolate(self.start, tuned, weight))
+            scores = score(module, loader)
+            self.keep_auroc[weight] = roc_auc(scores.score, scores.is_spoof)
+            log.info(
+                "WiSE-FT a = %.2f: ROC-AUC %s on %s (what the model must keep)%s",
+                weight,
+                "undefined" if self.keep_auroc[weight] is None else f"{self.keep_auroc[weight]:.4f}",
+                self.keep.describe(),
+                " -- the weights the fit started from" if weight == 0 else "",
+            )
+        chosen = choose_interpolation(
+            {a: self.keep_auroc[a] for a in self.candidates}, self.keep_auroc[0.0], self.keep_tolerance
+        )
+        log.info(
+            "WiSE-FT: a = %.2f chosen, the largest of %s keeping ROC-AUC within %.3f of the start's there",
+            chosen,
+            self.candidates,
+            self.keep_tolerance,
+        )
+        return chosen
+
     @torch.no_grad()
     def validate(self, trainer: L.Trainer, module: LivenessModule) -> tuple[Any, float | None]:
         """The EER threshold and ROC-AUC of the interpolated weights on the validation split (as training's)."""
-        collector = ScoreCollector(sync_on_compute=False)
-        was_training = module.training
-        module.eval()
-        for batch in trainer.datamodule.val_dataloader():
-            batch = {k: v.to(module.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            scores = module.spoof_scores(module(batch["image"]))
-            collector.update(
-                scores, batch["spoof_type"], batch["illumination"], batch["environment"], batch.get("source")
-            )
-        module.train(was_training)
-        scores = collector.compute()
+        scores = score(module, trainer.datamodule.val_dataloader())
         return choose_threshold("eer", scores, split="val"), roc_auc(scores.score, scores.is_spoof)
+
+
+def is_weight(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and 0 <= value <= 1
+
+
+def choose_interpolation(keep_auroc: dict[float, float | None], start_auroc: float | None, tolerance: float) -> float:
+    """The largest weight whose ROC-AUC on the keep data is at least the start's minus `tolerance`; the smallest
+    weight when none is (with a warning), the largest when the keep data cannot define ROC-AUC (one class only)."""
+    weights = sorted(keep_auroc)
+    if start_auroc is None or any(value is None for value in keep_auroc.values()):
+        log.warning(
+            "finetune.keep has live or spoof samples only: ROC-AUC is undefined there, a = %.2f kept", weights[-1]
+        )
+        return weights[-1]
+    kept = [a for a in weights if keep_auroc[a] >= start_auroc - tolerance]
+    if not kept:
+        log.warning(
+            "WiSE-FT: every a of %s loses more than %.3f ROC-AUC on finetune.keep (the start: %.4f); the smallest, "
+            "%.2f, is kept: try smaller ones, more frozen stages or finetune.l2sp",
+            weights,
+            tolerance,
+            start_auroc,
+            weights[0],
+        )
+        return weights[0]
+    return kept[-1]
+
+
+@torch.no_grad()
+def score(module: LivenessModule, loader: Iterable[dict[str, Any]]) -> Scores:
+    """The module's spoof scores on every batch of `loader`, in eval mode."""
+    collector = ScoreCollector(sync_on_compute=False)
+    was_training = module.training
+    module.eval()
+    for batch in loader:
+        batch = {k: v.to(module.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        scores = module.spoof_scores(module(batch["image"]))
+        collector.update(scores, batch["spoof_type"], batch["illumination"], batch["environment"], batch.get("source"))
+    module.train(was_training)
+    return collector.compute()

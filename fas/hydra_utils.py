@@ -18,7 +18,7 @@ from typing import Any
 
 import hydra
 from lightning.pytorch.loggers import Logger, WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fas.convention import MIN_INPUT_SIZE
 from fas.errors import ConfigError
@@ -156,7 +156,9 @@ def check_config(cfg: DictConfig) -> None:
         check_model(model)
     finetune = cfg.get("finetune")
     if finetune is not None and finetune.get("interpolation") is not None:
-        check_fraction("finetune.interpolation", finetune.interpolation)
+        weights = finetune.interpolation
+        for weight in weights if isinstance(weights, ListConfig) else [weights]:
+            check_fraction("finetune.interpolation", weight)
     threshold = cfg.get("threshold")
     if threshold is not None and threshold.get("rule") not in (None, *THRESHOLD_RULES):
         raise ConfigError(f"threshold.rule={threshold.rule!r}: choose one of {', '.join(THRESHOLD_RULES)}")

@@ -28,6 +28,7 @@ from fas.models import FTHead, build_backbone
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
+BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)
 VAL_METRICS = ("auroc", "eer", "average_precision", "threshold")
 THRESHOLD_KEY = "fas_threshold"  # read back by fas.inference.backends.recorded_threshold
 
@@ -43,8 +44,9 @@ class LivenessModule(L.LightningModule):
     test step applies it unchanged. After `trainer.test`, `test_evaluation` holds the test scores and metrics.
 
     For fine-tuning (`finetune.*` in `configs/train.yaml`): the first `frozen_stages` of the backbone's `stages`
-    keep their weights and BatchNorm statistics, and stage i of n learns at lr * stage_lr_decay ** (n - 1 - i)
-    (the classifier at lr, earlier stages slower; the FT head at lr).
+    keep their weights and BatchNorm statistics (`frozen_batchnorm`: every BatchNorm of the backbone keeps its
+    statistics, scale and shift), and stage i of n learns at lr * stage_lr_decay ** (n - 1 - i) (the classifier
+    at lr, earlier stages slower; the FT head at lr).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class LivenessModule(L.LightningModule):
         seed: int = 0,
         frozen_stages: int = 0,
         stage_lr_decay: float = 1.0,
+        frozen_batchnorm: bool = False,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
     ) -> None:
@@ -83,6 +86,8 @@ class LivenessModule(L.LightningModule):
             raise ConfigError(f"finetune.stage_lr_decay={stage_lr_decay!r}: give a factor in (0, 1] (1: one lr)")
         self.stage_modules = backbone_stages(self.backbone, frozen_stages)
         self.frozen_modules = [m for stage in self.stage_modules[:frozen_stages] for m in stage]
+        if frozen_batchnorm:  # every BatchNorm keeps its statistics, scale and shift; the convolutions still learn
+            self.frozen_modules += [m for m in self.backbone.modules() if isinstance(m, BATCH_NORMS)]
         for module in self.frozen_modules:  # Lightning keeps each submodule's mode as it finds it
             module.requires_grad_(False).eval()
         self.criterion = LivenessLoss(ft_weight, label_smoothing)
@@ -99,7 +104,8 @@ class LivenessModule(L.LightningModule):
         self.pretrained_keys: set[str] | None = None
 
     def train(self, mode: bool = True) -> LivenessModule:
-        """Frozen stages stay in eval mode: their BatchNorm layers keep the pretrained statistics."""
+        """Frozen stages (and with `frozen_batchnorm` every BatchNorm) stay in eval mode: their BatchNorm layers
+        keep the pretrained statistics."""
         super().train(mode)
         for module in self.frozen_modules:
             module.eval()

@@ -14,9 +14,10 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from fas.convention import ModelInfo
-from fas.data.datamodule import FaceDataModule, instantiate_datamodule
+from fas.data.datamodule import FaceDataModule, datamodule_for, instantiate_datamodule
 from fas.detect import detector_factory
 from fas.download import resolve_model_file
+from fas.errors import ConfigError
 from fas.export.callback import ModelExport
 from fas.finetune import PretrainedAnchor
 from fas.hydra_utils import check_config, close_loggers, instantiate_group, register_resolvers, silence_library_noise
@@ -61,6 +62,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         model.pretrained_keys = {f"backbone.{key}" for key in from_file}
     ckpt_path = cfg.get("ckpt_path")
     callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"))
+    attach_keep_data(cfg, callbacks, datamodule)
     loggers: list[Logger] = instantiate_group(cfg.get("logger"))
     if ckpt_path and ckpt_path not in LIGHTNING_CKPT_ALIASES:
         prepare_resume(ckpt_path, model, loggers, cfg.model.backbone)
@@ -115,9 +117,9 @@ def fit_test_and_report(
     info = ModelInfo(model.convention, model.class_scheme, cfg.model.backbone)
     name = Path(best).name if best else "final weights"
     evaluation = ModelEvaluation(name, best, info, model.threshold, scores, result, per_source, datamodule.describe())
-    moved = next((c.moved for c in trainer.callbacks if isinstance(c, PretrainedAnchor) and c.moved), {})
-    context = {"moved_from_pretrained": moved_note(moved)} if moved else {}
-    extra_metrics = {**validation, **{f"finetune/moved_{k.replace('-', '_')}": v for k, v in moved.items()}}
+    anchor = next((c for c in trainer.callbacks if isinstance(c, PretrainedAnchor) and c.moved), None)
+    context, finetune_metrics = finetune_summary(anchor) if anchor is not None else ({}, {})
+    extra_metrics = {**validation, **finetune_metrics}
     report = write_report(
         output_dir / "report",
         [evaluation],
@@ -137,10 +139,47 @@ def fit_test_and_report(
     return value, metrics
 
 
-def moved_note(moved: dict[str, float]) -> str:
-    """`PretrainedAnchor.moved` in words, for the report."""
-    parts = [f"{kind} weights {100 * value:.2f}%" for kind, value in moved.items()]
-    return ", ".join(parts) + " (||w - w_pretrained|| / ||w_pretrained||; the tested ones are the last)"
+def attach_keep_data(cfg: DictConfig, callbacks: list[Callback], datamodule: FaceDataModule) -> None:
+    """`finetune.keep`: the data standing for what a fine-tune must keep, cropped like the training data and
+    prepared now (a missing folder fails before the fit), for `PretrainedAnchor` to choose the WiSE-FT weight on."""
+    keep = cfg.get("finetune", {}).get("keep")
+    if not keep:
+        return
+    anchor = next((c for c in callbacks if isinstance(c, PretrainedAnchor)), None)
+    if anchor is None or not cfg.get("pretrained"):
+        raise ConfigError(
+            "finetune.keep chooses how far a fine-tune of pretrained= weights may move; it needs pretrained= and "
+            "the pretrained_anchor callback (configs/callbacks/default.yaml)"
+        )
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    data.update(sources={"keep": OmegaConf.to_container(keep, resolve=True)}, unsplit="test")
+    info = ModelInfo(datamodule.convention, datamodule.class_scheme, cfg.model.backbone)
+    anchor.keep = datamodule_for(OmegaConf.create(data), info, cfg.get("detector"), needed_splits=("test",))
+    anchor.keep.prepare_data()
+    anchor.keep.setup("test")
+
+
+def finetune_summary(anchor: PretrainedAnchor) -> tuple[dict[str, str], dict[str, float]]:
+    """What `PretrainedAnchor` measured, in words for the report and as metrics (`finetune/*`)."""
+    parts = [f"{kind} weights {100 * value:.2f}%" for kind, value in anchor.moved.items()]
+    notes = {
+        "moved_from_pretrained": ", ".join(parts)
+        + " (||w - w_pretrained|| / ||w_pretrained||; the tested ones are the last)"
+    }
+    metrics = {f"finetune/moved_{k.replace('-', '_')}": v for k, v in anchor.moved.items()}
+    if anchor.keep_auroc:
+        shown = ", ".join(
+            f"a = {a:.2f}: {'undefined' if v is None else f'{v:.4f}'}" for a, v in sorted(anchor.keep_auroc.items())
+        )
+        notes["finetune_keep"] = (
+            f"ROC-AUC on {anchor.keep.describe()} (finetune.keep; a = 0: the pretrained weights) {shown}; "
+            f"a = {anchor.interpolation:.2f} tested"
+        )
+        metrics["finetune/interpolation"] = anchor.interpolation
+        for a, value in anchor.keep_auroc.items():
+            if value is not None:
+                metrics[f"finetune/keep_auroc_a{a:.2f}"] = value
+    return notes, metrics
 
 
 def resumed_note(best: str | None, output_dir: Path) -> str:

@@ -140,3 +140,87 @@ def test_every_backbone_parameter_is_in_exactly_one_stage(name: str) -> None:
     backbone = build_backbone(name, input_size=64, num_classes=2)
     in_stages = [id(p) for names in backbone.stages for n in names for p in getattr(backbone, n).parameters()]
     assert sorted(in_stages) == sorted(id(p) for p in backbone.parameters())
+
+
+def test_the_largest_interpolation_that_keeps_the_start_within_tolerance_is_chosen(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from fas.finetune import choose_interpolation
+
+    keep = {0.2: 0.999, 0.3: 0.996, 0.4: 0.9949, 0.5: 0.990, 1.0: 0.6}
+    assert choose_interpolation(keep, start_auroc=1.0, tolerance=0.005) == 0.3  # 0.9949 < 1 - 0.005: not kept
+    assert choose_interpolation(keep, start_auroc=0.9986, tolerance=0.005) == 0.4
+    assert choose_interpolation(keep, start_auroc=0.5, tolerance=0.0) == 1.0
+    with caplog.at_level(logging.WARNING, logger="fas.finetune"):
+        assert choose_interpolation({0.5: 0.9, 0.7: 0.8}, start_auroc=0.99, tolerance=0.005) == 0.5
+    assert "the smallest, 0.50, is kept" in caplog.text
+    assert choose_interpolation({0.5: None, 0.7: None}, start_auroc=None, tolerance=0.005) == 0.7
+
+
+def test_several_interpolations_need_keep_data() -> None:
+    anchor = PretrainedAnchor(interpolation=[0.5, 0.25])
+    assert anchor.candidates == [0.25, 0.5] and anchor.active
+    with pytest.raises(ConfigError, match=r"needs data that stands for what the model must keep"):
+        anchor.on_fit_start(None, None)
+    with pytest.raises(ConfigError, match="or a list of them"):
+        PretrainedAnchor(interpolation=[0.5, 1.5])
+
+
+def test_a_finetune_chooses_its_interpolation_on_the_data_it_must_keep(
+    short_fit: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    """The keep data's ROC-AUC is measured for the start and each candidate; the tested checkpoint is the largest
+    candidate within keep_tolerance of the start, and evaluate.py finds the same ROC-AUC for it on that data."""
+    from fas.evaluate import evaluate
+
+    from conftest import compose_config
+
+    start = json.loads((short_fit / "report" / "metrics.json").read_text())["models"][0]["path"]
+    overrides = [
+        *TINY_RUN,
+        f"data.root={tiny_data}",
+        "convention.input_size=64",
+        "optimizer=adamw",
+        f"pretrained={start}",
+        "finetune.interpolation=[0.25,0.5,1.0]",
+        "+source@finetune.keep=celeba_spoof",
+        f"finetune.keep.root={tiny_data}",
+        "finetune.keep_tolerance=0.01",
+        "trainer.max_epochs=1",
+        "seed=3",
+    ]
+    train(compose_train(overrides, tmp_path / "run"))
+    payload = json.loads((tmp_path / "run" / "report" / "metrics.json").read_text())
+    metrics = payload["metrics"]
+    keep = {a: metrics[f"finetune/keep_auroc_a{a:.2f}"] for a in (0.0, 0.25, 0.5, 1.0)}
+    chosen = metrics["finetune/interpolation"]
+    kept = [a for a in (0.25, 0.5, 1.0) if keep[a] >= keep[0.0] - 0.01]
+    assert chosen == (max(kept) if kept else 0.25), keep  # none kept: the smallest, with a warning
+    assert "finetune.keep" in payload["finetune_keep"]
+    tested = payload["models"][0]["path"]
+    assert Path(tested).name == "interpolated.ckpt" if chosen < 1 else Path(tested).name.startswith("epoch_")
+    cfg = compose_config(
+        "evaluate",
+        [f"ckpt_path={tested}", "data=celeba_spoof", f"data.root={tiny_data}", "data.num_workers=0"],
+        tmp_path / "eval",
+    )
+    evaluated = json.loads(evaluate(cfg).metrics.read_text())["models"][0]["metrics"]["auroc"]
+    assert evaluated == pytest.approx(keep[chosen], abs=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_frozen_batchnorm_keeps_every_statistic_while_the_convolutions_learn() -> None:
+    module = tiny_module(frozen_batchnorm=True)
+    optimizer = module.configure_optimizers()["optimizer"]
+    backbone = module.backbone
+    norms = {k: v.clone() for k, v in backbone.state_dict().items() if ".bn." in k or k.startswith("bn.")}
+    assert any(k.endswith("running_mean") for k in norms) and any(k.startswith("bn.") for k in norms)
+    conv = backbone.conv_34.conv.conv.weight.clone()
+    module.train()
+    assert not backbone.conv_34.conv.bn.training and not backbone.bn.training and backbone.training
+    loss = module.training_step({"image": torch.rand(4, 3, 32, 32), "target": torch.tensor([0, 1, 0, 1])}, 1)
+    loss.backward()
+    optimizer.step()
+    after = backbone.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in norms.items())  # statistics, scale and shift
+    assert not torch.equal(backbone.conv_34.conv.conv.weight, conv)
