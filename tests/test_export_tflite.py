@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -25,7 +26,7 @@ from fas.inference.preprocess import face_batch
 from fas.models import BACKBONES, build_backbone
 from fas.registry import class_scheme
 
-from conftest import TINY_DATA, compose_config
+from conftest import TINY_DATA, celeba_datamodule, compose_config
 
 SILENTFACE3 = class_scheme("silentface3")
 
@@ -212,7 +213,7 @@ def test_int8_follows_fp32_on_the_trained_checkpoint(trained_tflite: Path) -> No
     int8 = load_backend(trained_tflite / "model_int8.tflite")
     ops = {op["op_name"] for op in int8.interpreter._get_ops_details()}
     assert {"QUANTIZE", "DEQUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D"} <= ops
-    assert report["quantization"]["float_stride"] == 4 and tflite.float_operations(int8.path) > 0
+    assert report["quantization"]["float_stride"] == 4 and tflite.layer_counts(int8.path)["float"] > 0
     assert int8.input["dtype"] == np.float32 and int8.output["dtype"] == np.float32  # float I/O by default
     assert {"model.onnx", "model_int8.onnx", "report.json"} <= {p.name for p in trained_tflite.iterdir()}
 
@@ -242,7 +243,7 @@ def test_int8_io_and_softmax_options(ranked_checkpoint: Path, tiny_data: Path, t
     options = ["tflite.int8_io=true", "tflite.softmax=true", "tflite.float_stride=0"]
     result = export(compose_config("export", [*overrides, *options], tmp_path))
     fp32, int8 = load_backend(result.fp32), load_backend(result.int8)
-    assert tflite.float_operations(result.int8) == 0  # every layer in 8 bits
+    assert tflite.layer_counts(result.int8)["float"] == 0  # every layer in 8 bits
     assert int8.input["dtype"] == np.int8 and int8.output["dtype"] == np.int8
     assert fp32.outputs_probabilities and tflite_file.read_metadata(result.fp32)[1]["fas.output"] == "probabilities"
     batch = np.random.default_rng(0).random((4, 3, 64, 64), dtype=np.float32)
@@ -253,3 +254,128 @@ def test_int8_io_and_softmax_options(ranked_checkpoint: Path, tiny_data: Path, t
     # the report scores the int8-input file on the test crops through the same backend (it quantizes the input)
     assert result.report["fp32"]["max_abs_logit_diff_vs_pytorch"] <= 1e-4
     assert result.report["int8"]["decision_agreement"] >= 0.9
+
+
+# quantization=qat with both formats: one QAT stage (8 steps of 8 crops, as tests/test_export_qat.py), both files
+QAT_BOTH = ["format=[onnx,tflite]", "quantization=qat", "quantization.qat_max_steps=8", "quantization.qat_batch_size=8"]
+# On the 22 test crops QAT's files agree with FP32 on 19-20 decisions (as tests/test_export_qat.py's bound, which
+# its ONNX file meets), mean |logit difference| 0.20 for logits whose spread is 1.4-1.6; the two INT8 files
+# compute on the same grid and agree on all 22 decisions, mean |logit difference| 0.02-0.05.
+MIN_QAT_AGREEMENT = 19 / 22
+MAX_QAT_LOGIT_DIFFERENCE = 0.35
+MAX_LOGIT_DIFFERENCE_BETWEEN_RUNTIMES = 0.1
+INTEGER_LAYERS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+
+
+@pytest.fixture(scope="module")
+def qat_both(ranked_checkpoint: Path, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`python export.py format=[onnx,tflite] quantization=qat` of the tests' trained checkpoint."""
+    from fas.export.pipeline import export
+
+    if not HAS_MOBILE:
+        if os.environ.get("FAS_REQUIRE_MOBILE") == "1":
+            pytest.fail("FAS_REQUIRE_MOBILE=1 but the mobile extra is not installed")
+        pytest.skip("the mobile extra is not installed (pip install -e '.[mobile]')")
+    folder = tmp_path_factory.mktemp("qat_both")
+    overrides = [f"ckpt_path={ranked_checkpoint}", *QAT_BOTH, *TINY_DATA, f"data.root={tiny_data}"]
+    export(compose_config("export", overrides, folder))
+    return folder / "export"
+
+
+def tflite_ops(path: Path) -> list[tuple[str, list[type]]]:
+    """Each operator of a `.tflite` in order, with the types of its inputs (as written, before any delegate)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    types = {tensor["index"]: tensor["dtype"] for tensor in interpreter.get_tensor_details()}
+    return [(op["op_name"], [types[i] for i in op["inputs"] if i >= 0]) for op in interpreter._get_ops_details()]
+
+
+@mobile
+def test_qat_tflite_runs_every_layer_in_int8(qat_both: Path) -> None:
+    """Every convolution and the classifier take int8 input and weights and an int32 bias; the only float
+    operation is the QUANTIZE of the float input (a DEQUANTIZE gives float logits)."""
+    ops = tflite_ops(qat_both / "model_int8.tflite")
+    layers = [types for name, types in ops if name in INTEGER_LAYERS]
+    assert len(layers) == 89 and all(types == [np.int8, np.int8, np.int32] for types in layers), layers
+    assert [name for name, types in ops if np.float32 in types] == ["QUANTIZE"] == [ops[0][0]]
+    assert ops[-1][0] == "DEQUANTIZE" and {"LOGISTIC", "MEAN", "MUL", "ADD"} <= {name for name, _ in ops}
+    report = json.loads((qat_both / "report_tflite.json").read_text())
+    assert report["int8"]["layers"] == {"int8": 89, "float": 0} and report["fp32"]["layers"]["int8"] == 0
+    assert "| Conv/FC layers in int8 / float | - | 0 / 90 | 89 / 0 |" in (qat_both / "report_tflite.md").read_text()
+    int8 = load_backend(qat_both / "model_int8.tflite")
+    assert int8.input["dtype"] == np.float32 and int8.output["dtype"] == np.float32  # float I/O by default
+    assert tflite_file.read_metadata(int8.path) == tflite_file.read_metadata(qat_both / "model.tflite")
+
+
+def onnx_integers(path: Path) -> tuple[set, list, list]:
+    """A QDQ ONNX file's activation ranges as int8 would write them (scale, uint8 zero point - 128), and its
+    layers' int8 weights (per-channel scales, sorted values) and nonzero int32 biases (sorted values)."""
+    graph = onnx.load(str(path)).graph
+    values = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
+    pairs = [node for node in graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    ranges = {
+        (float(values[node.input[1]]), int(values[node.input[2]]) - 128)
+        for node in pairs
+        if values[node.input[2]].dtype == np.uint8
+    }
+    stored = [(values[node.input[0]], values[node.input[1]]) for node in pairs if node.input[0] in values]
+    weights = sorted((scale.tolist(), sorted(q.ravel().tolist())) for q, scale in stored if q.dtype == np.int8)
+    biases = sorted(sorted(q.ravel().tolist()) for q, _ in stored if q.dtype == np.int32 and q.any())
+    return ranges, weights, biases
+
+
+def tflite_integers(path: Path) -> tuple[set, list, list]:
+    """The same of a `.tflite` (its per-tensor int8 ranges but the logits', which ONNX keeps float)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    details = {tensor["index"]: tensor for tensor in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    (logits,) = ops[-1]["inputs"]  # the DEQUANTIZE's input
+    ranges = {
+        (float(tensor["quantization"][0]), int(tensor["quantization"][1]))
+        for index, tensor in details.items()
+        if tensor["dtype"] == np.int8 and tensor["quantization_parameters"]["scales"].size == 1 and index != logits
+    }
+    layers = [op["inputs"] for op in ops if op["op_name"] in INTEGER_LAYERS]
+    weights = sorted(
+        (details[w]["quantization_parameters"]["scales"].tolist(), sorted(interpreter.get_tensor(w).ravel().tolist()))
+        for _, w, _ in layers
+    )
+    biases = sorted(
+        sorted(interpreter.get_tensor(b).ravel().tolist()) for _, _, b in layers if interpreter.get_tensor(b).any()
+    )
+    return ranges, weights, biases
+
+
+@mobile
+def test_qat_tflite_has_the_integers_learned_for_the_onnx_file(qat_both: Path) -> None:
+    """One QAT stage makes both files: the LiteRT file's int8 activation ranges are exactly the ONNX file's uint8
+    ones (same scale, zero point - 128), and its int8 weights, their scales and its int32 biases are the same
+    numbers. Nothing was recalibrated."""
+    onnx_report = json.loads((qat_both / "report.json").read_text())
+    tflite_report = json.loads((qat_both / "report_tflite.json").read_text())
+    assert tflite_report["qat"] == onnx_report["qat"] and tflite_report["quantization"]["method"] == "qat"
+    ranges, weights, biases = onnx_integers(qat_both / "model_int8.onnx")
+    assert len(ranges) > 100 and len(weights) == 89 and len(biases) > 50
+    assert tflite_integers(qat_both / "model_int8.tflite") == (ranges, weights, biases)
+
+
+@mobile
+def test_qat_tflite_decides_as_fp32(qat_both: Path, tiny_data: Path) -> None:
+    """Its live/spoof decisions on the generated test crops agree with FP32's as the ONNX file's do, and with the
+    ONNX file's (the same grid, rounded by LiteRT's integer kernels)."""
+    from fas.export.pipeline import labelled_images
+
+    report = json.loads((qat_both / "report_tflite.json").read_text())
+    assert report["int8"]["decision_agreement"] >= MIN_QAT_AGREEMENT, report["int8"]
+    backends = [load_backend(qat_both / name) for name in ("model.tflite", "model_int8.tflite", "model_int8.onnx")]
+    datamodule = celeba_datamodule(tiny_data, backends[0].info.class_scheme, convention=backends[0].info.convention)
+    datamodule.setup("test")
+    fp32, int8, onnx_int8 = (backend.logits(labelled_images(datamodule.splits["test"]).images) for backend in backends)
+    assert fp32.std(axis=0).min() > 0.5  # a trained model: its logits vary from crop to crop
+    assert np.abs(int8 - fp32).mean() <= MAX_QAT_LOGIT_DIFFERENCE
+    real = backends[0].info.class_scheme.real_class_index
+    assert np.mean((int8.argmax(axis=1) == real) == (onnx_int8.argmax(axis=1) == real)) >= 21 / 22
+    assert np.abs(int8 - onnx_int8).mean() <= MAX_LOGIT_DIFFERENCE_BETWEEN_RUNTIMES

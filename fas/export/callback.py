@@ -63,7 +63,7 @@ class ModelExport(Callback):
         if not path or not isinstance(datamodule, FaceDataModule):
             log.warning("Export skipped: it needs a saved checkpoint (ModelCheckpoint callback) and a FaceDataModule")
             return None
-        settings = dataclasses.replace(self.settings, log_metrics=after_fit(trainer))
+        settings = dataclasses.replace(self.settings, log_metrics=after_fit(trainer), qat_models={})
         for model_format in self.formats:
             result = model_format.export_function()(path, self.output_dir, datamodule, settings)
             for logger in trainer.loggers:

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from fas.export import tflite
 from fas.hardware import cpu_info, describe_cpu
 from fas.inference.backends import Backend, load_backend
 
@@ -29,6 +30,7 @@ SCORING_BATCH = 64
 # Layers by how ONNX Runtime runs them once it has fused the QDQ pairs around them (its optimized graph).
 INT8_LAYERS = {"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul"}
 FLOAT_LAYERS = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
+LITERT_LAYERS = "Conv/FC layers in int8 / float"  # by the type of their input (`fas.export.tflite.layer_counts`)
 
 
 @dataclass(frozen=True)
@@ -120,10 +122,10 @@ def parity(
             "accuracy_delta_points": accuracy - report["fp32"]["accuracy"],
             "latency_ms": latency_ms(int8_path, size),
         }
-    if Path(fp32_path).suffix == ".onnx":
-        for name, path in (("fp32", fp32_path), ("int8", int8_path)):
-            if path is not None:
-                report[name]["layers"] = runtime_layers(path)
+    layers = runtime_layers if Path(fp32_path).suffix == ".onnx" else tflite.layer_counts
+    for name, path in (("fp32", fp32_path), ("int8", int8_path)):
+        if path is not None:
+            report[name]["layers"] = layers(path)
     return report
 
 
@@ -158,10 +160,8 @@ def markdown(report: dict[str, Any]) -> str:
         + (f"{int8['latency_ms']:.2f} |" if int8 else "- |"),
     ]
     if "layers" in fp32:
-        rows.append(
-            f"| Conv/Gemm layers run in int8 / float by ONNX Runtime | - | {layer_counts(fp32)} | "
-            + (f"{layer_counts(int8)} |" if int8 else "- |")
-        )
+        layers = "Conv/Gemm layers run in int8 / float by ONNX Runtime" if kind == "ONNX" else LITERT_LAYERS
+        rows.append(f"| {layers} | - | {layer_counts(fp32)} | " + (f"{layer_counts(int8)} |" if int8 else "- |"))
     settings = f"Quantization: {report['quantization']}."
     qat = report.get("qat")
     if qat:

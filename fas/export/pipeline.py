@@ -39,7 +39,7 @@ from fas.hydra_utils import named_convention, silence_library_noise
 from fas.inference.backends import TorchBackend, load_backend
 
 if TYPE_CHECKING:
-    from fas.export.qat import MetricsSink
+    from fas.export.qat import MetricsSink, QatModel
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,15 @@ class ExportError(FasError, RuntimeError):
 class ExportSettings:
     """What the exporters write: the ONNX INT8 recipe (`configs/quantization/`), the LiteRT one
     (`configs/tflite/`) and whether the ONNX graph is rewritten for CPU; `log_metrics` is where the QAT
-    stage's per-step losses go (the training run's loggers; export.py only logs them as text)."""
+    stage's per-step losses go (the training run's loggers; export.py only logs them as text). `qat_models`
+    keeps each model's quantization-aware training (by model path) for the formats after the first that needs
+    it, so that `model_int8.onnx` and `model_int8.tflite` come from one trained model: one per export run."""
 
     quantization: QuantizationRecipe = field(default_factory=QuantizationRecipe)
     tflite: TfliteRecipe = field(default_factory=TfliteRecipe)
     optimize: bool = True
     log_metrics: MetricsSink | None = field(default=None, compare=False)
+    qat_models: dict[str, QatModel] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -92,22 +95,26 @@ def export_model(
     optimize: bool = True,
     convention: str | None = None,
     log_metrics: MetricsSink | None = None,
+    qat_models: dict[str, QatModel] | None = None,
 ) -> ExportResult:
     """Export `model_path` to ONNX (FP32, INT8) in `output_dir` and measure the files against the PyTorch model.
 
     `convention` names the input convention of a weights file that records none (see `load_backend`);
-    `log_metrics` receives the per-step losses of quantization-aware training (`recipe.method == "qat"`).
+    `log_metrics` receives the per-step losses of quantization-aware training (`recipe.method == "qat"`), whose
+    trained model `qat_models` keeps (`ExportSettings.qat_models`).
     """
     start = time.perf_counter()
     qat = recipe.method == "qat"  # needs the training split, and says so in its own words when there is none
     backend, directory = prepare_export(model_path, output_dir, datamodule, convention, "test" if qat else "fit")
-    crops = training_crops(datamodule) if qat else None
     calibration = calibration_images(datamodule, recipe.calibration_samples) if recipe.needs_calibration else None
     fp32 = write_fp32(backend, directory / FP32_NAME, optimize, calibration)
     settings: dict[str, Any] = {"optimize": optimize, "quantization": recipe.to_dict()}
-    if crops is not None:
-        workers = datamodule.num_workers
-        int8, settings["qat"] = write_qat(backend, crops, directory / INT8_NAME, recipe, log_metrics, workers)
+    if qat:
+        from fas.export.qat import write_int8  # torchao (seconds to import) only when QAT runs
+
+        trained = qat_model(model_path, backend, datamodule, recipe, log_metrics, qat_models)
+        int8 = write_int8(trained, backend.info, directory / INT8_NAME, recipe.to_dict())
+        settings["qat"] = trained.figures
     else:
         int8 = quantize(fp32, directory / INT8_NAME, recipe, calibration)
     return finish_export(model_path, backend, datamodule, fp32, int8, settings, start, "report")
@@ -124,23 +131,31 @@ def training_crops(datamodule: FaceDataModule) -> Dataset:
     return crops
 
 
-def write_qat(
+def qat_model(
+    model_path: str | Path,
     backend: TorchBackend,
-    crops: Dataset,
-    path: Path,
+    datamodule: FaceDataModule,
     recipe: QuantizationRecipe,
     log_metrics: MetricsSink | None,
-    workers: int = 0,
-) -> tuple[Path, dict[str, Any]]:
-    """The INT8 file of quantization-aware training on `crops` (read by `workers` loader processes), and the
-    stage's figures."""
-    from fas.export.qat import QatSettings, qat_int8  # torchao (seconds to import) only when QAT runs
+    trained: dict[str, QatModel] | None,
+) -> QatModel:
+    """The model of quantization-aware training on the data's training crops: the one in `trained` when an earlier
+    format of this export run trained it, else trained now (and kept there)."""
+    from fas.export.qat import QatSettings, train
 
+    key = str(model_path)
+    if trained is not None and key in trained:
+        return trained[key]
+    crops = training_crops(datamodule)
     settings = QatSettings(
         recipe.qat_epochs, recipe.qat_max_steps, recipe.qat_batch_size, recipe.qat_lr, recipe.qat_seed
     )
     log.info("Quantization-aware training on %d training crops", len(crops))
-    return qat_int8(backend.model, backend.info, crops, path, settings, recipe.to_dict(), log_metrics, workers)
+    size = backend.info.convention.input_size
+    model = train(backend.model, size, crops, settings, log_metrics, datamodule.num_workers)
+    if trained is not None:
+        trained[key] = model
+    return model
 
 
 def write_onnx(
@@ -152,7 +167,14 @@ def write_onnx(
 ) -> ExportResult:
     """The `onnx` format's exporter (`fas.formats`)."""
     return export_model(
-        model_path, output_dir, settings.quantization, datamodule, settings.optimize, convention, settings.log_metrics
+        model_path,
+        output_dir,
+        settings.quantization,
+        datamodule,
+        settings.optimize,
+        convention,
+        settings.log_metrics,
+        settings.qat_models,
     )
 
 
@@ -164,7 +186,10 @@ def write_tflite(
     convention: str | None = None,
 ) -> ExportResult:
     """The `tflite` format's exporter (`fas.formats`)."""
-    return export_tflite_model(model_path, output_dir, settings.tflite, datamodule, convention)
+    qat = settings.quantization if settings.quantization.method == "qat" else None
+    return export_tflite_model(
+        model_path, output_dir, settings.tflite, datamodule, convention, qat, settings.log_metrics, settings.qat_models
+    )
 
 
 def export_tflite_model(
@@ -173,20 +198,35 @@ def export_tflite_model(
     recipe: TfliteRecipe,
     datamodule: FaceDataModule,
     convention: str | None = None,
+    qat: QuantizationRecipe | None = None,
+    log_metrics: MetricsSink | None = None,
+    qat_models: dict[str, QatModel] | None = None,
 ) -> ExportResult:
     """Export `model_path` to LiteRT (FP32, full-integer INT8) in `output_dir`; report like the ONNX export's
-    (`report_tflite.json` / `.md`). The files take NHWC input in the model's own convention."""
+    (`report_tflite.json` / `.md`). The files take NHWC input in the model's own convention.
+
+    With a `qat` recipe the INT8 file is the model of quantization-aware training (the one in `qat_models` when
+    the ONNX export trained it) with the ranges it learned, every layer in 8 bits; else `recipe` calibrates it.
+    """
     start = time.perf_counter()
-    backend, directory = prepare_export(model_path, output_dir, datamodule, convention)
+    backend, directory = prepare_export(model_path, output_dir, datamodule, convention, "test" if qat else "fit")
     fp32_name, int8_name = tflite.file_names(backend.info)
     fp32 = tflite.export_fp32(backend.model, backend.info, directory / fp32_name, recipe.softmax)
-    int8 = None
-    if recipe.int8:
+    int8, method = None, "full-integer int8" if recipe.int8 else "none"
+    settings: dict[str, Any] = {"quantization": {"method": method, **recipe.to_dict()}}
+    if recipe.int8 and qat is not None:
+        from fas.export.qat import litert_form
+
+        trained = qat_model(model_path, backend, datamodule, qat, log_metrics, qat_models)
+        path = directory / int8_name
+        int8 = tflite.export_quantized(litert_form(trained), backend.info, path, recipe.int8_io, recipe.softmax)
+        io = {"int8_io": recipe.int8_io, "softmax": recipe.softmax}
+        settings = {"quantization": {**qat.to_dict(), **io}, "qat": trained.figures}
+    elif recipe.int8:
         calibration = calibration_images(datamodule, recipe.calibration_samples).transpose(0, 2, 3, 1)
         size = backend.info.convention.input_size
         float_scopes = tflite.high_resolution_scopes(backend.model, size, recipe.float_stride)
         int8 = tflite.quantize_int8(fp32, directory / int8_name, calibration, recipe.int8_io, float_scopes)
-    settings = {"quantization": {"method": "full-integer int8" if recipe.int8 else "none", **recipe.to_dict()}}
     return finish_export(model_path, backend, datamodule, fp32, int8, settings, start, "report_tflite")
 
 

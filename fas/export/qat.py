@@ -1,5 +1,6 @@
 """Quantization-aware training (`quantization=qat`): a trained model fine-tuned for a few epochs with fake
-quantization that models exactly the INT8 file it then writes, `model_int8.onnx` (QDQ, every layer 8-bit).
+quantization that models exactly the INT8 files it then writes, `model_int8.onnx` (QDQ, every layer 8-bit) and,
+with `formats=[onnx,tflite]`, the full-integer `model_int8.tflite`, both from the one trained model.
 
 The scheme is the one of fas's static ONNX recipe (`fas.export.quantize`), as ONNX Runtime runs it:
 per-channel symmetric int8 weights in [-127, 127] (ORT's symmetric range, scale = max|w| / 127), per-tensor
@@ -7,16 +8,21 @@ uint8 activations, int32 biases at input scale x weight scale, logits float; Bat
 convolutions (with its statistics frozen, before training: `prepare`); PReLU, MiniFASNet's pruned widths and
 its classifier in their export form (`fas.export.layers.export_form`), so every Conv and the Gemm become
 QLinearConv / QGemm in ORT's optimized graph (MobileNetV4 too: it has no PReLU and nothing to pad).
+LiteRT's full-integer scheme is the same up to two fixed points, which the training therefore follows too: a
+sigmoid's output has scale 1/256 (its int8 LOGISTIC kernel requires it), and the logits' range is observed
+(not fake-quantized: ORT's file keeps them float) for its int8 FULLY_CONNECTED, whose output is quantized.
 
 Fake quantization, observers and the conversion to int8 are torchao's PT2E (`prepare_qat_pt2e`,
 `convert_pt2e`), the maintained home of torch.ao's quantization; what fas owns is
 `OrtQdqQuantizer`, which says which tensors are quantized and how. The converted model goes straight to
-ONNX (`torch.onnx.export(dynamo=True)`): the learned scales are written as they are, nothing is recalibrated.
+ONNX (`torch.onnx.export(dynamo=True)`) and to LiteRT (`litert_form`, `fas.export.tflite.export_quantized`):
+the learned scales are written as they are, nothing is recalibrated.
 `experiments/qat_library_choice` records why torchao rather than NNCF or torch.ao.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -38,6 +44,7 @@ from torch.fx.experimental.optimization import fuse
 from torch.utils.data import DataLoader, Dataset
 from torchao.quantization.pt2e import (
     FusedMovingAvgObsFakeQuantize,
+    MinMaxObserver,
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
     disable_observer,
@@ -46,8 +53,10 @@ from torchao.quantization.pt2e import (
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 from torchao.quantization.pt2e.quantizer import (
     DerivedQuantizationSpec,
+    FixedQParamsQuantizationSpec,
     QuantizationAnnotation,
     QuantizationSpec,
+    QuantizationSpecBase,
     Quantizer,
     SharedQuantizationSpec,
 )
@@ -74,6 +83,20 @@ ACTIVATION = QuantizationSpec(
     qscheme=torch.per_tensor_affine,
     observer_or_fake_quant_ctr=FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, eps=EPS),
 )
+# LiteRT's int8 LOGISTIC computes with output scale 1/256 (zero point -128 in int8, 0 in uint8); ORT takes any
+SIGMOID_OUTPUT = FixedQParamsQuantizationSpec(
+    dtype=torch.uint8, scale=1 / 256, zero_point=0, quant_min=0, quant_max=255, qscheme=torch.per_tensor_affine
+)
+# The logits' range, observed while training without rounding them: ORT's file keeps them float
+# (`float_logits`), LiteRT's int8 FULLY_CONNECTED writes them quantized to it. The extremes of all the training
+# batches, not a moving average of each batch's: the model never learned to live with clipped logits.
+LOGITS = QuantizationSpec(
+    dtype=torch.uint8,
+    quant_min=0,
+    quant_max=255,
+    qscheme=torch.per_tensor_affine,
+    observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=EPS),
+)
 WEIGHT = QuantizationSpec(
     dtype=torch.int8,
     quant_min=-127,
@@ -92,6 +115,8 @@ RELUS = {aten.relu.default, aten.relu_.default}
 ELEMENTWISE = {aten.add.Tensor, aten.mul.Tensor}  # not add_: BatchNorm's num_batches_tracked += 1
 QUANTIZED_UNARY = {aten.sigmoid.default, aten.adaptive_avg_pool2d.default, aten.mean.dim, *RELUS}
 PASS_THROUGH = {aten.flatten.using_ints, aten.view.default, aten.reshape.default, aten.dropout.default}
+QD = torch.ops.quantized_decomposed  # the quantize/dequantize ops of a converted model
+PER_TENSOR = {QD.quantize_per_tensor.default, QD.dequantize_per_tensor.default}
 
 
 def bias_qparams(observers: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,6 +150,12 @@ def sole_user(node: Node) -> Node | None:
     return users[0] if len(users) == 1 else None
 
 
+def activation_spec(value: Any) -> QuantizationSpecBase:
+    """The spec of the tensor `value`, the same object for its producer's output and every consumer's input (one
+    observer per tensor): fixed for a sigmoid's output, learned for any other."""
+    return SIGMOID_OUTPUT if isinstance(value, Node) and value.target == aten.sigmoid.default else ACTIVATION
+
+
 def is_float_tensor(value: Any) -> bool:
     meta = value.meta.get("val") if isinstance(value, Node) else None
     return isinstance(meta, torch.Tensor) and meta.is_floating_point()
@@ -135,9 +166,9 @@ class OrtQdqQuantizer(Quantizer):
 
     A convolution or linear layer quantizes its input (uint8), weight (int8 per channel) and bias (int32);
     its output is quantized after the BatchNorm and Relu that follow it (what ORT fuses into one QLinearConv),
-    except the model's output (float logits, as in the static recipe). Add, Mul, Sigmoid, average pooling and a
+    except the model's output (the logits: only observed, see `LOGITS`). Add, Mul, Sigmoid, average pooling and a
     lone Relu quantize their inputs and output (QLinearAdd, QLinearMul, ...); reshapes and dropout share their
-    input's quantization.
+    input's quantization. A sigmoid's output range is fixed (`SIGMOID_OUTPUT`).
     """
 
     def annotate(self, model: GraphModule) -> GraphModule:
@@ -149,16 +180,16 @@ class OrtQdqQuantizer(Quantizer):
             if node.target in CONVOLUTIONS:
                 done.update(self.annotate_layer(node, outputs))
             elif node.target in ELEMENTWISE and all(is_float_tensor(arg) for arg in node.args[:2]):
-                annotate(node, dict.fromkeys(node.args[:2], ACTIVATION), ACTIVATION)
+                annotate(node, {arg: activation_spec(arg) for arg in node.args[:2]}, ACTIVATION)
             elif node.target in QUANTIZED_UNARY:
-                annotate(node, {node.args[0]: ACTIVATION}, ACTIVATION)
+                annotate(node, {node.args[0]: activation_spec(node.args[0])}, activation_spec(node))
             elif node.target in PASS_THROUGH:
                 annotate(node, output=SharedQuantizationSpec(node.args[0]))
         return model
 
     def annotate_layer(self, node: Node, outputs: set[Node]) -> list[Node]:
         """Annotate a convolution or linear layer and the BatchNorm / Relu after it; returns those followers."""
-        inputs: dict[Node, Any] = {node.args[0]: ACTIVATION, node.args[1]: WEIGHT}
+        inputs: dict[Node, Any] = {node.args[0]: activation_spec(node.args[0]), node.args[1]: WEIGHT}
         if len(node.args) > 2 and node.args[2] is not None:
             inputs[node.args[2]] = bias_spec(node)
         annotate(node, inputs)
@@ -177,8 +208,7 @@ class OrtQdqQuantizer(Quantizer):
             end = follower
         for member in chain:
             annotate(member)
-        if end not in outputs:
-            end.meta["quantization_annotation"].output_qspec = ACTIVATION
+        end.meta["quantization_annotation"].output_qspec = LOGITS if end in outputs else ACTIVATION
         return chain
 
     def validate(self, model: GraphModule) -> None:
@@ -288,20 +318,56 @@ def report_step(
         )
 
 
-def convert(prepared: GraphModule) -> GraphModule:
-    """The trained QAT model with its scales frozen, BatchNorm folded and weights stored as int8."""
+@dataclass
+class QatModel:
+    """A model after quantization-aware training: its fake-quantized graph (weights and learned ranges, observers
+    off) and the stage's figures (steps, seconds, losses) for the reports. Every INT8 file is converted from it."""
+
+    prepared: GraphModule
+    figures: dict[str, Any]
+
+
+def train(
+    backbone: nn.Module,
+    input_size: int,
+    crops: Dataset,
+    settings: QatSettings,
+    log_metrics: MetricsSink | None = None,
+    workers: int = 0,
+) -> QatModel:
+    """Fine-tune `backbone` with fake quantization on `crops` and freeze its ranges."""
+    prepared = prepare(backbone, input_size)
+    figures = finetune(prepared, backbone.eval(), crops, settings, log_metrics, workers)
     prepared.apply(disable_observer)
-    converted = convert_pt2e(prepared)
+    return QatModel(prepared, figures)
+
+
+def convert(prepared: GraphModule, fold_quantize: bool = True) -> GraphModule:
+    """A copy of the trained QAT model with its scales frozen, BatchNorm folded and, with `fold_quantize`, weights
+    stored as int8 (without: float weights behind quantize/dequantize pairs)."""
+    converted = convert_pt2e(copy.deepcopy(prepared), fold_quantize=fold_quantize)
     move_exported_model_to_eval(converted)
     return converted
 
 
-def write_int8(converted: GraphModule, info: ModelInfo, path: Path, recipe: dict[str, Any]) -> Path:
-    """The converted model as a QDQ ONNX file with fas's metadata; SE means as GlobalAveragePool, which ORT
+def float_logits(converted: GraphModule) -> GraphModule:
+    """`converted` with the quantize/dequantize pair on its outputs removed (in place): the logits as ORT's QGemm
+    writes them in the static recipe, float."""
+    (output,) = (node for node in converted.graph.nodes if node.op == "output")
+    for dequantize in output.all_input_nodes:
+        if dequantize.target == QD.dequantize_per_tensor.default:
+            output.replace_input_with(dequantize, dequantize.args[0].args[0])
+    converted.graph.eliminate_dead_code()
+    converted.recompile()
+    return converted
+
+
+def write_int8(model: QatModel, info: ModelInfo, path: Path, recipe: dict[str, Any]) -> Path:
+    """The trained model as a QDQ ONNX file with fas's metadata; SE means as GlobalAveragePool, which ORT
     quantizes (the exporter writes AdaptiveAvgPool2d as ReduceMean, which it leaves float)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Exporting a model while it is in training mode")
-        proto = onnx_graph(converted, info.convention.input_size)
+        proto = onnx_graph(float_logits(convert(model.prepared)), info.convention.input_size)
     proto = reduce_mean_to_global_average_pool(proto)
     write_metadata(proto, info)
     proto.metadata_props.add(key="fas.quantization", value=json.dumps(recipe))
@@ -310,18 +376,33 @@ def write_int8(converted: GraphModule, info: ModelInfo, path: Path, recipe: dict
     return path
 
 
-def qat_int8(
-    backbone: nn.Module,
-    info: ModelInfo,
-    crops: Dataset,
-    path: str | Path,
-    settings: QatSettings,
-    recipe: dict[str, Any],
-    log_metrics: MetricsSink | None = None,
-    workers: int = 0,
-) -> tuple[Path, dict[str, Any]]:
-    """Fine-tune `backbone` with fake quantization on `crops`, write the INT8 file to `path`; returns the path
-    and the QAT stage's figures (steps, seconds, losses) for the report."""
-    prepared = prepare(backbone, info.convention.input_size)
-    figures = finetune(prepared, backbone.eval(), crops, settings, log_metrics, workers)
-    return write_int8(convert(prepared), info, Path(path), recipe), figures
+def litert_form(model: QatModel) -> GraphModule:
+    """The trained model with the same ranges and integers in LiteRT's full-integer scheme, for `litert_torch.convert`.
+
+    Each uint8 activation becomes int8 with the same scale and zero point - 128, which stores every value as
+    q - 128: the same grid, exactly. The weights stay float behind their per-channel quantize/dequantize pairs,
+    the form litert-torch lowers to int8 tensors (it refuses stored int8 weights), and the int32 biases are left
+    float for the converter, which quantizes them by the same rule (input scale x weight scale, zero point 0);
+    both are first snapped to their grids, so that the converter's rounding finds the integers of the ONNX file.
+    """
+    converted = convert(model.prepared, fold_quantize=False)
+    for node in converted.graph.nodes:
+        if node.target == QD.quantize_per_channel.default:
+            snap_to_grid(converted, node)
+        if node.target in PER_TENSOR and node.args[5] == torch.uint8:
+            value, scale, zero_point = node.args[:3]
+            node.args = (value, scale, zero_point - 128, -128, 127, torch.int8)
+        elif node.target == QD.dequantize_per_channel.default and node.args[6] == torch.int32:
+            node.replace_all_uses_with(node.args[0].args[0])  # the bias before its quantize
+    converted.graph.eliminate_dead_code()
+    converted.recompile()
+    return converted
+
+
+def snap_to_grid(converted: GraphModule, quantize: Node) -> None:
+    """Replace the constant a per-channel quantize reads (a weight or bias) by its dequantized value, in place."""
+    value, scale, zero_point = (operator.attrgetter(arg.target)(converted) for arg in quantize.args[:3])
+    settings = quantize.args[3:]
+    with torch.no_grad():
+        grid = QD.quantize_per_channel.default(value, scale, zero_point, *settings)
+        value.copy_(QD.dequantize_per_channel.default(grid, scale, zero_point, *settings))

@@ -6,7 +6,9 @@ model's own convention (for Silent-Face's: BGR 0-255 crops at 2.7x and 4.0x the 
 (`litert_torch.to_channel_last_io`), so the file takes exactly that, its PReLUs written with operations the
 integer kernels run (`fas.export.layers.PReluAsConvs`); `quantize_int8` quantizes it with
 ai-edge-quantizer (installed with litert-torch): int8 weights and int8 activations whose ranges are
-calibrated on the data config's training crops. The INT8 file keeps float input and output (a QUANTIZE
+calibrated on the data config's training crops. With `quantization=qat` the INT8 file is instead
+`export_quantized`: the model of quantization-aware training (`fas.export.qat.litert_form`, every layer 8-bit)
+lowered by litert-torch with the ranges it learned. The INT8 file keeps float input and output (a QUANTIZE
 after the input and a DEQUANTIZE before the output), so it is a drop-in replacement; `int8_io` makes its
 input and output int8 as well (the caller quantizes with the input's scale and zero point).
 
@@ -183,7 +185,7 @@ def quantize_int8(
         result = engine.quantize(ranges.get_model_qsvs())
     path = Path(path)
     path.write_bytes(bytes(result.quantized_model))
-    if float_scopes and not float_operations(path):
+    if float_scopes and not layer_counts(path)["float"]:
         raise TfliteError(
             f"{path}: no layer matched the float blocks {float_scopes} (has litert-torch changed how it names "
             "tensors?); export with tflite.float_stride=0 to quantize every layer"
@@ -193,11 +195,95 @@ def quantize_int8(
     return path
 
 
-def float_operations(path: str | Path) -> int:
-    """How many convolutions of a `.tflite` compute in float (their input is float32)."""
+def export_quantized(
+    model: nn.Module, info: ModelInfo, path: str | Path, int8_io: bool = False, softmax: bool = False
+) -> Path:
+    """A PT2E-quantized model (quantize/dequantize pairs in LiteRT's int8 scheme, `fas.export.qat.litert_form`) as a
+    full-integer `.tflite` taking `[1, S, S, 3]` NHWC, with fas metadata: litert-torch turns every pair into the
+    int8 type of its tensor, so each layer computes in int8 with exactly the model's scales. A `softmax` after the
+    logits computes in float (its output is float also with `int8_io`)."""
+    litert_torch = require("litert_torch")
+    pt2e = require("litert_torch.quantize.pt2e_quantizer")
+    quant_config = require("litert_torch.quantize.quant_config")
+    litert_torch.config.show_progress = False
+    path = Path(path)
+    size = info.convention.input_size
+    # the quantizer only selects litert-torch's static lowering of the pairs: the model is quantized already
+    quantizer = pt2e.PT2EQuantizer().set_global(pt2e.get_symmetric_quantization_config(is_per_channel=True))
+    if softmax:
+        model = nn.Sequential(model, nn.Softmax(dim=1))
+    channel_last = litert_torch.to_channel_last_io(model, args=[0])
+    channel_last.training = False  # the model is in eval form already (an exported graph refuses `.eval()`)
+    with torch.no_grad(), quiet():
+        edge = litert_torch.convert(
+            channel_last, (torch.zeros(1, size, size, 3),), quant_config=quant_config.QuantConfig(quantizer)
+        )
+        edge.export(str(path))
+    if not int8_io:
+        float_interface(path)
+    write_metadata(path, info, softmax)
+    return path
+
+
+def float_interface(path: Path) -> None:
+    """Give a `.tflite` with int8 input and output float32 ones, in place: a QUANTIZE after the input and a
+    DEQUANTIZE before the output, as ai-edge-quantizer writes them. (litert-torch folds a quantized model's
+    first quantize and last dequantize into its interface.)"""
+    flatbuffer = require("ai_edge_litert.tools.flatbuffer_utils")
+    schema = require("ai_edge_litert.schema_py_generated")
+    model = flatbuffer.read_model_from_bytearray(bytearray(path.read_bytes()))
+    graph, (signature,) = model.subgraphs[0], model.signatureDefs
+    for ends, entries, operator in (
+        (graph.inputs, signature.inputs, schema.BuiltinOperator.QUANTIZE),
+        (graph.outputs, signature.outputs, schema.BuiltinOperator.DEQUANTIZE),
+    ):
+        for position, index in enumerate(ends):
+            if graph.tensors[index].type != schema.TensorType.INT8:
+                continue
+            twin = float_twin(graph, index, schema)
+            op = schema.OperatorT()
+            op.opcodeIndex = operator_code(model, operator, schema)
+            if operator == schema.BuiltinOperator.QUANTIZE:
+                op.inputs, op.outputs = [twin], [index]
+                graph.operators.insert(0, op)
+            else:
+                op.inputs, op.outputs = [index], [twin]
+                graph.operators.append(op)
+            ends[position] = twin
+            for entry in entries:
+                entry.tensorIndex = twin if entry.tensorIndex == index else entry.tensorIndex
+    path.write_bytes(bytes(flatbuffer.convert_object_to_bytearray(model)))
+
+
+def float_twin(graph: Any, index: int, schema: Any) -> int:
+    """A new float32 tensor of the shape and name of tensor `index` (renamed `<name>_int8`); its index."""
+    tensor = graph.tensors[index]
+    twin = schema.TensorT()
+    twin.name, twin.shape, twin.shapeSignature = tensor.name, tensor.shape, tensor.shapeSignature
+    twin.type, twin.buffer = schema.TensorType.FLOAT32, 0
+    tensor.name = tensor.name + b"_int8"
+    graph.tensors.append(twin)
+    return len(graph.tensors) - 1
+
+
+def operator_code(model: Any, builtin: int, schema: Any) -> int:
+    """The index of the model's operator code for `builtin`, added (version 2: int8) when it has none."""
+    for index, code in enumerate(model.operatorCodes):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+            return index
+    code = schema.OperatorCodeT()
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 2
+    model.operatorCodes.append(code)
+    return len(model.operatorCodes) - 1
+
+
+LAYERS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def layer_counts(path: str | Path) -> dict[str, int]:
+    """How many convolutions and fully connected layers of a `.tflite` compute in int8 and how many in float (by
+    the type of their input: a float layer with int8 weights dequantizes them)."""
     interpreter = require("ai_edge_litert.interpreter").Interpreter(model_path=str(path))
     tensors = {tensor["index"]: tensor for tensor in interpreter.get_tensor_details()}
-    return sum(
-        op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D") and tensors[op["inputs"][0]]["dtype"] == np.float32
-        for op in interpreter._get_ops_details()
-    )
+    kinds = [tensors[op["inputs"][0]]["dtype"] for op in interpreter._get_ops_details() if op["op_name"] in LAYERS]
+    return {"int8": sum(kind == np.int8 for kind in kinds), "float": sum(kind == np.float32 for kind in kinds)}
