@@ -188,7 +188,7 @@ class PretrainedAnchor(Callback):
             log.info(
                 "WiSE-FT a = %.2f: ROC-AUC %s on %s (what the model must keep)%s",
                 weight,
-                "undefined" if self.keep_auroc[weight] is None else f"{self.keep_auroc[weight]:.4f}",
+                format_auroc(self.keep_auroc[weight]),
                 self.keep.describe(),
                 " -- the weights the fit started from" if weight == 0 else "",
             )
@@ -196,9 +196,12 @@ class PretrainedAnchor(Callback):
             {a: self.keep_auroc[a] for a in self.candidates}, self.keep_auroc[0.0], self.keep_tolerance
         )
         log.info(
-            "WiSE-FT: a = %.2f chosen, the largest of %s keeping ROC-AUC within %.3f of the start's there",
+            "WiSE-FT: a = %.2f chosen of %s on %s (ROC-AUC %s; the start's %s, tolerance %.3f)",
             chosen,
             self.candidates,
+            self.keep.describe(),
+            format_auroc(self.keep_auroc[chosen]),
+            format_auroc(self.keep_auroc[0.0]),
             self.keep_tolerance,
         )
         return chosen
@@ -208,6 +211,10 @@ class PretrainedAnchor(Callback):
         """The EER threshold and ROC-AUC of the interpolated weights on the validation split (as training's)."""
         scores = score(module, trainer.datamodule.val_dataloader())
         return choose_threshold("eer", scores, split="val"), roc_auc(scores.score, scores.is_spoof)
+
+
+def format_auroc(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
 
 
 def is_weight(value: Any) -> bool:

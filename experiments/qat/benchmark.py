@@ -10,7 +10,10 @@ absent). Each file is written by `fas.export.pipeline.export_model`, the code pa
 
 Fidelity (decisions that agree with FP32, accuracy change, mean |logit difference|) is each export's own
 report on the synthetic test split. Latency: ONNX Runtime CPU provider, 1 intra-op thread, batch 1, all graph
-optimizations, the files timed in interleaved rounds (a busy neighbour slows all of them alike), medians.
+optimizations, the files timed in interleaved rounds (a busy neighbour slows all of them alike), medians;
+suri-liveness's own INT8 file (`best_model_quantized.onnx`, dynamic) runs in the same rounds. With the mobile
+extra installed, the LiteRT files too (`format=tflite`: FP32, the calibrated full-integer file and the QAT one,
+made from the same trained QAT model as the ONNX file), under XNNPACK on 1 thread, in their own rounds.
 
     python experiments/qat/benchmark.py   # prints the CPU, the table and the ratios; writes results.json/.md
 
@@ -20,6 +23,7 @@ one of the graph's ~300 small ops waits at a barrier for the core the neighbour 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -35,8 +39,9 @@ import torch
 from fas.data.datamodule import FaceDataModule
 from fas.data.sources.celeba_spoof import CelebASpoofSource
 from fas.export.parity import batched_logits
-from fas.export.pipeline import ExportResult, export_model, labelled_images
+from fas.export.pipeline import ExportResult, export_model, export_tflite_model, labelled_images
 from fas.export.quantize import QuantizationRecipe
+from fas.export.tflite import TfliteRecipe
 from fas.hardware import cpu_info, describe_cpu
 from fas.hydra_utils import silence_library_noise
 from fas.inference.backends import load_backend
@@ -44,6 +49,7 @@ from fas.inference.backends import load_backend
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 WEIGHTS = Path(os.environ.get("FAS_SHARED_DIR", REPO.parent / "shared")) / "reference/suri-liveness/best_model.pth"
+SURI_INT8 = WEIGHTS.with_name("best_model_quantized.onnx")  # suri-liveness's own INT8 file (dynamic)
 DATA = REPO / "data" / "synthetic"
 RECIPES = {
     "static": QuantizationRecipe(),
@@ -60,17 +66,25 @@ def lscpu() -> dict[str, str]:
     return {key: fields.get(key, "").strip() for key in ("Model name", "CPU(s)", "Flags")}
 
 
-def exports(directory: Path) -> tuple[dict[str, ExportResult], np.ndarray]:
-    """Every recipe's export of the suri-liveness weights, and the test crops."""
+def exports(directory: Path) -> tuple[dict[str, ExportResult], dict[str, ExportResult], np.ndarray]:
+    """Every recipe's ONNX export of the suri-liveness weights, the LiteRT ones when litert-torch is installed
+    (`calibrated`, `qat`; the QAT model trained once for both formats), and the test crops."""
     info = load_backend(WEIGHTS).info
     source = CelebASpoofSource(str(DATA), synthetic={})
     datamodule = FaceDataModule({"celeba_spoof": source}, info.class_scheme, info.convention)
-    results = {}
+    results, tflite, trained = {}, {}, {}
     for name, recipe in RECIPES.items():
         start = time.perf_counter()
-        results[name] = export_model(WEIGHTS, directory / name, recipe, datamodule)
+        results[name] = export_model(WEIGHTS, directory / name, recipe, datamodule, qat_models=trained)
         print(f"{name}: exported in {time.perf_counter() - start:.0f} s", flush=True)
-    return results, labelled_images(datamodule.splits["test"]).images
+    if importlib.util.find_spec("litert_torch") is not None:
+        for name, qat in (("calibrated", None), ("qat", RECIPES["qat"])):
+            start = time.perf_counter()
+            tflite[name] = export_tflite_model(
+                WEIGHTS, directory / f"tflite_{name}", TfliteRecipe(), datamodule, qat=qat, qat_models=trained
+            )
+            print(f"LiteRT {name}: exported in {time.perf_counter() - start:.0f} s", flush=True)
+    return results, tflite, labelled_images(datamodule.splits["test"]).images
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -96,6 +110,48 @@ def interleaved_latency(paths: dict[str, Path], size: int) -> dict[str, float]:
                 s.run(None, {"input": image})
                 times[name].append(time.perf_counter() - start)
     return {name: 1000 * float(np.median(t)) for name, t in times.items()}
+
+
+def interleaved_litert_latency(paths: dict[str, Path]) -> dict[str, float]:
+    """Median ms of each LiteRT file under XNNPACK (the interpreter's default delegate), 1 thread, batch 1."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreters = {}
+    for name, path in paths.items():
+        interpreter = Interpreter(model_path=str(path), num_threads=1)
+        interpreter.allocate_tensors()
+        detail = interpreter.get_input_details()[0]
+        image = np.random.default_rng(0).uniform(0, 1, detail["shape"]).astype(detail["dtype"])
+        interpreter.set_tensor(detail["index"], image)
+        interpreters[name] = interpreter
+    for interpreter in interpreters.values():
+        for _ in range(WARMUP):
+            interpreter.invoke()
+    times: dict[str, list[float]] = defaultdict(list)
+    for _ in range(ROUNDS):
+        for name, interpreter in interpreters.items():
+            for _ in range(RUNS_PER_ROUND):
+                start = time.perf_counter()
+                interpreter.invoke()
+                times[name].append(time.perf_counter() - start)
+    return {name: 1000 * float(np.median(t)) for name, t in times.items()}
+
+
+def litert_rows(tflite: dict[str, ExportResult], latency: dict[str, float]) -> list[dict]:
+    table = [{"file": "fp32", "ms": latency["fp32"], "bytes": tflite["qat"].fp32.stat().st_size}]
+    for name, result in tflite.items():
+        int8 = result.report["int8"]
+        table.append(
+            {
+                "file": name,
+                "ms": latency[name],
+                "bytes": int8["file_bytes"],
+                "layers": f"{int8['layers']['int8']} int8 / {int8['layers']['float']} float",
+                "agreement": int8["decision_agreement"],
+                "accuracy_delta_points": int8["accuracy_delta_points"],
+            }
+        )
+    return table
 
 
 def rows(results: dict[str, ExportResult], crops: np.ndarray, latency: dict[str, float]) -> list[dict]:
@@ -150,6 +206,10 @@ def markdown(results: dict) -> str:
             f"| {row['file']} | {row['ms']:.2f} | {fp32_ms / row['ms']:.2f}x | {row['bytes'] / 1024:.0f} | "
             f"{row['layers']} | {fidelity} |"
         )
+    lines.append(
+        f"| suri-liveness's own INT8 (`best_model_quantized.onnx`) | {results['suri_int8_ms']:.2f} | "
+        f"{fp32_ms / results['suri_int8_ms']:.2f}x | {SURI_INT8.stat().st_size / 1024:.0f} | - | - | - | - |"
+    )
     qat = next(row["qat"] for row in results["rows"] if row["file"] == "qat")
     lines += [
         "",
@@ -157,6 +217,27 @@ def markdown(results: dict) -> str:
         f"{qat['first_loss']:.4g} at the first step, {qat['last_loss']:.4g} over the last tenth.",
         "",
     ]
+    if results.get("litert_rows"):
+        litert_fp32 = results["litert_rows"][0]["ms"]
+        lines += [
+            "LiteRT (XNNPACK, 1 thread, batch 1; `calibrated`: the default ai-edge-quantizer file, its high-resolution "
+            "layers float; `qat`: the same QAT model as the ONNX file, every layer int8):",
+            "",
+            "| file | median ms | FP32 / file | size KiB | Conv/FC layers | decisions as FP32 | "
+            "accuracy change (points) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in results["litert_rows"]:
+            fidelity = (
+                f"{100 * row['agreement']:.2f}% | {row['accuracy_delta_points']:+.2f}"
+                if "agreement" in row
+                else "- | -"
+            )
+            lines.append(
+                f"| {row['file']} | {row['ms']:.2f} | {litert_fp32 / row['ms']:.2f}x | {row['bytes'] / 1024:.0f} | "
+                f"{row.get('layers', '-')} | {fidelity} |"
+            )
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -167,11 +248,17 @@ def main() -> None:
     print("CPU:", cpu["Model name"], "|", describe_cpu(), flush=True)
     print("Flags:", cpu["Flags"], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        results_by_recipe, crops = exports(Path(tmp))
+        results_by_recipe, tflite, crops = exports(Path(tmp))
         load = os.getloadavg()
         paths = {"fp32": results_by_recipe["static"].fp32, **{n: r.int8 for n, r in results_by_recipe.items()}}
-        latency = interleaved_latency(paths, crops.shape[-1])
+        latency = interleaved_latency({**paths, "suri_int8": SURI_INT8}, crops.shape[-1])
         table = rows(results_by_recipe, crops, latency)
+        litert_latency = (
+            interleaved_litert_latency({"fp32": tflite["qat"].fp32, **{n: r.int8 for n, r in tflite.items()}})
+            if tflite
+            else {}
+        )
+        litert_table = litert_rows(tflite, litert_latency) if tflite else []
     results = {
         "lscpu": cpu,
         "cpu": cpu_info(),
@@ -180,7 +267,13 @@ def main() -> None:
         "load_average_at_start": load,
         "test_crops": len(crops),
         "rows": table,
-        "ratios": {f"fp32 / {row['file']}": latency["fp32"] / row["ms"] for row in table[1:]},
+        "suri_int8_ms": latency["suri_int8"],
+        "ratios": {
+            **{f"fp32 / {row['file']}": latency["fp32"] / row["ms"] for row in table[1:]},
+            **{f"suri INT8 / {row['file']}": latency["suri_int8"] / row["ms"] for row in table[1:]},
+            **{f"LiteRT fp32 / {row['file']}": litert_latency["fp32"] / row["ms"] for row in litert_table[1:]},
+        },
+        "litert_rows": litert_table,
     }
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (HERE / "results.md").write_text(markdown(results))
