@@ -12,3 +12,7 @@ class ConfigError(FasError, ValueError):
 class ModelFileError(FasError, ValueError):
     """A model file cannot be used: not found, not a checkpoint or export fas reads, unsafe to load, or not
     the model the config describes. Every reader of model files raises a subclass of it."""
+
+
+class TrainingDivergedError(FasError, RuntimeError):
+    """The training loss stopped being a finite number (the weights diverged)."""

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from fas.convention import ClassScheme, InputConvention
-from fas.errors import ConfigError
+from fas.errors import ConfigError, TrainingDivergedError
 from fas.losses import LivenessLoss, fourier_target, to_gray_255
 from fas.metrics import (
     SOURCE_KEYS,
@@ -140,8 +140,23 @@ class LivenessModule(L.LightningModule):
             with torch.no_grad():
                 ft_target = fourier_target(to_gray_255(batch["image"], self.convention), tuple(ft_map.shape[-2:]))
         losses = self.criterion(logits, batch["target"], ft_map, ft_target)
+        if not torch.isfinite(losses["loss"]):  # stop now, not with NaN scores at the next validation
+            raise self.diverged(losses)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(images))
         return losses["loss"]
+
+    def diverged(self, losses: dict[str, Tensor]) -> TrainingDivergedError:
+        lr = getattr(self.optimizer_factory, "keywords", {}).get("lr")
+        shown = ", ".join(f"{name} {float(value):.4g}" for name, value in losses.items())
+        hint = (
+            "; finetune.frozen_batchnorm=true leaves nothing to rescale what the convolutions learn: try without it"
+            if self.hparams.frozen_batchnorm
+            else ""
+        )
+        return TrainingDivergedError(
+            f"the training loss is no longer a number at epoch {self.current_epoch}, step {self.global_step} "
+            f"({shown}): the weights diverged; lower the learning rate (model.optimizer.lr, now {lr}){hint}"
+        )
 
     def _score(self, batch: dict[str, Tensor], collector: ScoreCollector) -> None:
         scores = self.spoof_scores(self(batch["image"]))
