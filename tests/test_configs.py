@@ -112,6 +112,9 @@ def test_a_finetune_takes_the_convention_its_weights_record(tmp_path: Path) -> N
     assert cfg.augmentation.train.transforms[0].size == [128, 128]  # the size the pretrained weights record
     cfg = compose_train(["experiment=finetune_silentface", "data.root=unused"], tmp_path)
     assert hydra.utils.instantiate(cfg.convention) == published_convention("silentface_2.7")
+    cfg = compose_train(["experiment=finetune_silentface_v1se", "data.root=unused"], tmp_path)
+    assert hydra.utils.instantiate(cfg.convention) == published_convention("silentface_4.0")
+    assert cfg.model.backbone == "minifasnet_v1se" and cfg.finetune.frozen_stages == 3
 
 
 def test_slurm_launcher_composes_with_one_task_per_device() -> None:
