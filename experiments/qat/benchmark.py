@@ -6,6 +6,7 @@ absent). Each file is written by `fas.export.pipeline.export_model`, the code pa
 
 - `static`: the default recipe (calibrated QDQ, the high-resolution layers float: `float_stride=4`);
 - `static_all8`: the same with every layer in 8 bits (`float_stride=0`);
+- `dynamic`: `quantization=dynamic`, weights-only int8 (ConvInteger), no calibration data;
 - `qat`: `quantization=qat` with its default settings (configs/quantization/qat.yaml), every layer in 8 bits.
 
 Fidelity (decisions that agree with FP32, accuracy change, mean |logit difference|) is each export's own
@@ -54,6 +55,7 @@ DATA = REPO / "data" / "synthetic"
 RECIPES = {
     "static": QuantizationRecipe(),
     "static_all8": QuantizationRecipe(float_stride=0),
+    "dynamic": QuantizationRecipe(method="dynamic"),  # weights-only ConvInteger, no data
     "qat": QuantizationRecipe(method="qat", float_stride=0),  # configs/quantization/qat.yaml's values
 }
 ROUNDS, RUNS_PER_ROUND, WARMUP = 10, 100, 50
