@@ -129,15 +129,20 @@ def test_fp32_matches_pytorch_on_every_backbone(backbone: str, size: int, tmp_pa
     assert tflite_file.read_metadata(path) == (info, {"fas.layout": "nhwc", "fas.output": "logits"})
 
 
+def require_mobile_extra() -> None:
+    """Module fixtures that export LiteRT files: skipped without the mobile extra, failed under FAS_REQUIRE_MOBILE=1."""
+    if not HAS_MOBILE:
+        if os.environ.get("FAS_REQUIRE_MOBILE") == "1":
+            pytest.fail("FAS_REQUIRE_MOBILE=1 but the mobile extra is not installed")
+        pytest.skip("the mobile extra is not installed (pip install -e '.[mobile]')")
+
+
 @pytest.fixture(scope="module")
 def silentface_pair(reference_dir: Path, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """`python export.py ckpt_path=<Silent-Face .pth> format=tflite` for both published files."""
     from fas.export.pipeline import export
 
-    if not HAS_MOBILE:
-        if os.environ.get("FAS_REQUIRE_MOBILE") == "1":
-            pytest.fail("FAS_REQUIRE_MOBILE=1 but the mobile extra is not installed")
-        pytest.skip("the mobile extra is not installed (pip install -e '.[mobile]')")
+    require_mobile_extra()
     results = {}
     for name in SILENTFACE:
         overrides = [f"ckpt_path={reference_dir / 'silentface' / name}", "format=tflite", *TINY_DATA]
@@ -194,10 +199,7 @@ def trained_tflite(ranked_checkpoint: Path, tiny_data: Path, tmp_path_factory: p
     """The tests' trained checkpoint exported to ONNX and LiteRT in one export.py run."""
     from fas.export.pipeline import export
 
-    if not HAS_MOBILE:
-        if os.environ.get("FAS_REQUIRE_MOBILE") == "1":
-            pytest.fail("FAS_REQUIRE_MOBILE=1 but the mobile extra is not installed")
-        pytest.skip("the mobile extra is not installed (pip install -e '.[mobile]')")
+    require_mobile_extra()
     folder = tmp_path_factory.mktemp("trained_tflite")
     overrides = [f"ckpt_path={ranked_checkpoint}", "format=[onnx,tflite]", *TINY_DATA, f"data.root={tiny_data}"]
     export(compose_config("export", overrides, folder))
@@ -272,10 +274,7 @@ def qat_both(ranked_checkpoint: Path, tiny_data: Path, tmp_path_factory: pytest.
     """`python export.py format=[onnx,tflite] quantization=qat` of the tests' trained checkpoint."""
     from fas.export.pipeline import export
 
-    if not HAS_MOBILE:
-        if os.environ.get("FAS_REQUIRE_MOBILE") == "1":
-            pytest.fail("FAS_REQUIRE_MOBILE=1 but the mobile extra is not installed")
-        pytest.skip("the mobile extra is not installed (pip install -e '.[mobile]')")
+    require_mobile_extra()
     folder = tmp_path_factory.mktemp("qat_both")
     overrides = [f"ckpt_path={ranked_checkpoint}", *QAT_BOTH, *TINY_DATA, f"data.root={tiny_data}"]
     export(compose_config("export", overrides, folder))

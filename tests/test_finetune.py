@@ -35,6 +35,15 @@ def test_interpolate_mixes_float_tensors_and_keeps_the_rest() -> None:
         PretrainedAnchor(l2sp=-1)
 
 
+def fit_start(short_fit: Path) -> str:
+    """The short run's tested checkpoint: the pretrained weights of the fine-tunes below."""
+    return json.loads((short_fit / "report" / "metrics.json").read_text())["models"][0]["path"]
+
+
+def finetune_of(start: str, tiny_data: Path) -> list[str]:
+    return [*TINY_RUN, f"data.root={tiny_data}", "convention.input_size=64", "optimizer=adamw", f"pretrained={start}"]
+
+
 def tiny_module(**finetune) -> LivenessModule:
     return LivenessModule(
         "minifasnet_v2se",
@@ -94,13 +103,9 @@ def test_l2sp_pulls_the_pretrained_weights_toward_their_start_and_leaves_new_one
 def test_a_finetune_tests_and_records_the_interpolated_weights(
     short_fit: Path, tiny_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
-    start = json.loads((short_fit / "report" / "metrics.json").read_text())["models"][0]["path"]
+    start = fit_start(short_fit)
     overrides = [
-        *TINY_RUN,
-        f"data.root={tiny_data}",
-        "convention.input_size=64",
-        "optimizer=adamw",
-        f"pretrained={start}",
+        *finetune_of(start, tiny_data),
         "finetune.interpolation=0.5",
         "finetune.frozen_stages=1",
         "finetune.l2sp=0.01",
@@ -175,13 +180,8 @@ def test_a_finetune_chooses_its_interpolation_on_the_data_it_must_keep(
 
     from conftest import compose_config
 
-    start = json.loads((short_fit / "report" / "metrics.json").read_text())["models"][0]["path"]
     overrides = [
-        *TINY_RUN,
-        f"data.root={tiny_data}",
-        "convention.input_size=64",
-        "optimizer=adamw",
-        f"pretrained={start}",
+        *finetune_of(fit_start(short_fit), tiny_data),
         "finetune.interpolation=[0.25,0.5,1.0]",
         "+source@finetune.keep=celeba_spoof",
         f"finetune.keep.root={tiny_data}",

@@ -141,19 +141,20 @@ def interleaved_litert_latency(paths: dict[str, Path]) -> dict[str, float]:
 
 def litert_rows(tflite: dict[str, ExportResult], latency: dict[str, float]) -> list[dict]:
     table = [{"file": "fp32", "ms": latency["fp32"], "bytes": tflite["qat"].fp32.stat().st_size}]
-    for name, result in tflite.items():
-        int8 = result.report["int8"]
-        table.append(
-            {
-                "file": name,
-                "ms": latency[name],
-                "bytes": int8["file_bytes"],
-                "layers": f"{int8['layers']['int8']} int8 / {int8['layers']['float']} float",
-                "agreement": int8["decision_agreement"],
-                "accuracy_delta_points": int8["accuracy_delta_points"],
-            }
-        )
-    return table
+    return table + [int8_row(name, result, latency[name]) for name, result in tflite.items()]
+
+
+def int8_row(name: str, result: ExportResult, ms: float) -> dict:
+    """An INT8 file's row: latency, size, layers and its export report's fidelity figures."""
+    int8 = result.report["int8"]
+    return {
+        "file": name,
+        "ms": ms,
+        "bytes": int8["file_bytes"],
+        "layers": f"{int8['layers']['int8']} int8 / {int8['layers']['float']} float",
+        "agreement": int8["decision_agreement"],
+        "accuracy_delta_points": int8["accuracy_delta_points"],
+    }
 
 
 def rows(results: dict[str, ExportResult], crops: np.ndarray, latency: dict[str, float]) -> list[dict]:
@@ -168,16 +169,10 @@ def rows(results: dict[str, ExportResult], crops: np.ndarray, latency: dict[str,
         }
     ]
     for name, result in results.items():
-        int8 = result.report["int8"]
         logits = batched_logits(load_backend(result.int8), crops)
         table.append(
             {
-                "file": name,
-                "ms": latency[name],
-                "bytes": int8["file_bytes"],
-                "layers": f"{int8['layers']['int8']} int8 / {int8['layers']['float']} float",
-                "agreement": int8["decision_agreement"],
-                "accuracy_delta_points": int8["accuracy_delta_points"],
+                **int8_row(name, result, latency[name]),
                 "mean_abs_logit_diff": float(np.abs(logits - fp32_logits).mean()),
                 "qat": result.report.get("qat"),
             }
