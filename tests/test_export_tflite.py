@@ -316,7 +316,7 @@ def onnx_integers(path: Path) -> tuple[set, list, list]:
     ranges = {
         (float(values[node.input[1]]), int(values[node.input[2]]) - 128)
         for node in pairs
-        if values[node.input[2]].dtype == np.uint8
+        if len(node.input) > 2 and values[node.input[2]].dtype == np.uint8  # weights' zero points are dropped
     }
     stored = [(values[node.input[0]], values[node.input[1]]) for node in pairs if node.input[0] in values]
     weights = sorted((scale.tolist(), sorted(q.ravel().tolist())) for q, scale in stored if q.dtype == np.int8)

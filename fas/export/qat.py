@@ -64,6 +64,7 @@ from torchao.quantization.pt2e.quantizer import (
 from fas.convention import ModelInfo
 from fas.export.layers import export_form
 from fas.export.onnx import onnx_graph
+from fas.export.quantize import compact
 from fas.export.rewrite import reduce_mean_to_global_average_pool
 from fas.inference.onnx_file import write_metadata
 
@@ -368,7 +369,7 @@ def write_int8(model: QatModel, info: ModelInfo, path: Path, recipe: dict[str, A
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Exporting a model while it is in training mode")
         proto = onnx_graph(float_logits(convert(model.prepared)), info.convention.input_size)
-    proto = reduce_mean_to_global_average_pool(proto)
+    proto = compact(reduce_mean_to_global_average_pool(proto))  # short names, no default zero points
     write_metadata(proto, info)
     proto.metadata_props.add(key="fas.quantization", value=json.dumps(recipe))
     onnx.checker.check_model(proto, full_check=True)
