@@ -20,10 +20,10 @@ whose model was not recorded; `results.*` the latest.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from fas.convention import ClassScheme, InputConvention, ModelInfo
 from fas.data.datamodule import FaceDataModule
 from fas.data.sources.celeba_spoof import CelebASpoofSource
 from fas.export.onnx import export_onnx
+from fas.export.parity import interleaved_times
 from fas.export.pipeline import calibration_images, labelled_images
 from fas.export.quantize import QuantizationRecipe, quantize
 from fas.export.rewrite import optimize_for_cpu
@@ -83,16 +84,8 @@ def build_ours(directory: Path) -> tuple[Path, Path, np.ndarray]:
 def interleaved_latency(paths: dict[str, Path]) -> dict[str, dict[str, float]]:
     image = np.random.default_rng(0).uniform(0, 1, (1, 3, SIZE, SIZE)).astype(np.float32)
     sessions = {name: session(path) for name, path in paths.items()}
-    times: dict[str, list[float]] = defaultdict(list)
-    for s in sessions.values():
-        for _ in range(WARMUP):
-            s.run(None, {"input": image})
-    for _ in range(ROUNDS):
-        for name, s in sessions.items():
-            for _ in range(RUNS_PER_ROUND):
-                start = time.perf_counter()
-                s.run(None, {"input": image})
-                times[name].append(time.perf_counter() - start)
+    calls = {name: functools.partial(s.run, None, {"input": image}) for name, s in sessions.items()}
+    times = interleaved_times(calls, ROUNDS, RUNS_PER_ROUND, WARMUP)
     return {
         name: {"median_ms": 1000 * float(np.median(t)), "p10_ms": 1000 * float(np.percentile(t, 10))}
         for name, t in times.items()

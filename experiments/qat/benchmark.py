@@ -24,13 +24,13 @@ one of the graph's ~300 small ops waits at a barrier for the core the neighbour 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
 import subprocess
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ import torch
 
 from fas.data.datamodule import FaceDataModule
 from fas.data.sources.celeba_spoof import CelebASpoofSource
-from fas.export.parity import batched_logits
+from fas.export.parity import batched_logits, interleaved_times
 from fas.export.pipeline import ExportResult, export_model, export_tflite_model, labelled_images
 from fas.export.quantize import QuantizationRecipe
 from fas.export.tflite import TfliteRecipe
@@ -101,41 +101,26 @@ def session(path: Path) -> ort.InferenceSession:
 def interleaved_latency(paths: dict[str, Path], size: int) -> dict[str, float]:
     image = np.random.default_rng(0).uniform(0, 1, (1, 3, size, size)).astype(np.float32)
     sessions = {name: session(path) for name, path in paths.items()}
-    for s in sessions.values():
-        for _ in range(WARMUP):
-            s.run(None, {"input": image})
-    times: dict[str, list[float]] = defaultdict(list)
-    for _ in range(ROUNDS):
-        for name, s in sessions.items():
-            for _ in range(RUNS_PER_ROUND):
-                start = time.perf_counter()
-                s.run(None, {"input": image})
-                times[name].append(time.perf_counter() - start)
-    return {name: 1000 * float(np.median(t)) for name, t in times.items()}
+    calls = {name: functools.partial(s.run, None, {"input": image}) for name, s in sessions.items()}
+    return medians_ms(interleaved_times(calls, ROUNDS, RUNS_PER_ROUND, WARMUP))
 
 
 def interleaved_litert_latency(paths: dict[str, Path]) -> dict[str, float]:
     """Median ms of each LiteRT file under XNNPACK (the interpreter's default delegate), 1 thread, batch 1."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreters = {}
+    calls = {}
     for name, path in paths.items():
         interpreter = Interpreter(model_path=str(path), num_threads=1)
         interpreter.allocate_tensors()
         detail = interpreter.get_input_details()[0]
         image = np.random.default_rng(0).uniform(0, 1, detail["shape"]).astype(detail["dtype"])
         interpreter.set_tensor(detail["index"], image)
-        interpreters[name] = interpreter
-    for interpreter in interpreters.values():
-        for _ in range(WARMUP):
-            interpreter.invoke()
-    times: dict[str, list[float]] = defaultdict(list)
-    for _ in range(ROUNDS):
-        for name, interpreter in interpreters.items():
-            for _ in range(RUNS_PER_ROUND):
-                start = time.perf_counter()
-                interpreter.invoke()
-                times[name].append(time.perf_counter() - start)
+        calls[name] = interpreter.invoke
+    return medians_ms(interleaved_times(calls, ROUNDS, RUNS_PER_ROUND, WARMUP))
+
+
+def medians_ms(times: dict[str, np.ndarray]) -> dict[str, float]:
     return {name: 1000 * float(np.median(t)) for name, t in times.items()}
 
 

@@ -17,16 +17,16 @@ run these XNNPACK kernels differently again, so compare ratios, on the CPU you d
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
-import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
 
 from fas.data.datamodule import datamodule_for
+from fas.export.parity import interleaved_times
 from fas.export.pipeline import export_model, export_tflite_model
 from fas.export.quantize import QuantizationRecipe
 from fas.export.tflite import TfliteRecipe
@@ -63,16 +63,8 @@ def export_all(weights: Path, directory: Path) -> dict[str, Path]:
 def interleaved_latency(files: dict[str, Path], size: int) -> dict[str, float]:
     image = np.random.default_rng(0).uniform(0, 1, (1, 3, size, size)).astype(np.float32)
     backends = {name: load_backend(path, threads=1) for name, path in files.items()}
-    for backend in backends.values():
-        for _ in range(WARMUP):
-            backend.logits(image)
-    times: dict[str, list[float]] = defaultdict(list)
-    for _ in range(ROUNDS):
-        for name, backend in backends.items():
-            for _ in range(RUNS_PER_ROUND):
-                start = time.perf_counter()
-                backend.logits(image)
-                times[name].append(time.perf_counter() - start)
+    calls = {name: functools.partial(backend.logits, image) for name, backend in backends.items()}
+    times = interleaved_times(calls, ROUNDS, RUNS_PER_ROUND, WARMUP)
     return {name: 1000 * float(np.median(t)) for name, t in times.items()}
 
 

@@ -11,6 +11,7 @@ import json
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,14 +55,26 @@ def latency_ms(path: str | Path, input_size: int, runs: int = 100, warmup: int =
     """Median wall time of one single-thread batch-1 inference of an ONNX or LiteRT file, in milliseconds."""
     backend = load_backend(path, threads=1)
     image = np.random.default_rng(0).uniform(0, 1, (1, 3, input_size, input_size)).astype(np.float32)
-    for _ in range(warmup):
-        backend.logits(image)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        backend.logits(image)
-        times.append(time.perf_counter() - start)
+    (times,) = interleaved_times({"file": lambda: backend.logits(image)}, 1, runs, warmup).values()
     return 1000 * float(np.median(times))
+
+
+def interleaved_times(
+    calls: dict[str, Callable[[], object]], rounds: int, runs_per_round: int, warmup: int
+) -> dict[str, np.ndarray]:
+    """Seconds of each run of each call, timed in interleaved rounds (a busy neighbour slows all of them
+    alike, so their ratios hold), after `warmup` untimed runs of each; what the latency benchmarks compare."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            for _ in range(runs_per_round):
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
+    return {name: np.asarray(values) for name, values in times.items()}
 
 
 def runtime_layers(path: str | Path) -> dict[str, int]:
