@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from torch.utils.data import DataLoader
+from torch.utils.data import Dataset, Subset
 from torchao.quantization.pt2e import disable_observer
 
-from fas.export.pipeline import datamodule_for, prepare_export, training_crops
+from fas.export.pipeline import datamodule_for, labelled_images, prepare_export, training_crops
 from fas.export.qat import prepare
 from fas.hardware import describe_cpu
 from fas.hydra_utils import silence_library_noise
@@ -33,8 +33,9 @@ CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
 CALIBRATION_CROPS, TEST_CROPS = 256, 96
 
 
-def images(dataset: torch.utils.data.Dataset, count: int) -> torch.Tensor:
-    return torch.cat([batch["image"] for batch in DataLoader(dataset, batch_size=64)])[:count]
+def images(dataset: Dataset, count: int) -> torch.Tensor:
+    """The first `count` crops of `dataset` (only those are read)."""
+    return torch.from_numpy(labelled_images(Subset(dataset, range(min(count, len(dataset))))).images)
 
 
 def difference(model: torch.nn.Module, crops: torch.Tensor, reference: torch.Tensor) -> tuple[float, int]:

@@ -13,6 +13,7 @@ prints the CPU and the table and writes `<name>.json` / `<name>.md` here.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import tempfile
@@ -23,6 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from fas.export.parity import interleaved_times
 from fas.hardware import cpu_info, describe_cpu
 
 HERE = Path(__file__).resolve().parent
@@ -30,16 +32,6 @@ ROUNDS, RUNS_PER_ROUND, WARMUP = 6, 100, 50
 CONVOLUTIONS = {"Conv", "QLinearConv", "FusedConv"}
 ADDS = {"Add", "QLinearAdd", "Sum"}
 KINDS = ("pointwise conv", "depthwise kxk conv", "PReLU scale (1x1 depthwise)", "add", "stem conv", "other")
-
-
-def layer_kinds(path: Path, options: ort.SessionOptions) -> dict[str, str]:
-    """The kind of every node of the graph ORT optimizes `path` into, by node name."""
-    with tempfile.TemporaryDirectory() as tmp:
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        graph = onnx.load(options.optimized_model_filepath).graph
-    options.optimized_model_filepath = ""
-    return {node.name: node_kind(node) for node in graph.node}
 
 
 def node_kind(node: onnx.NodeProto) -> str:
@@ -55,15 +47,20 @@ def node_kind(node: onnx.NodeProto) -> str:
 
 
 def profiled_session(path: Path) -> tuple[ort.InferenceSession, dict[str, str]]:
+    """A profiling session of `path` (1 thread, every optimization) and the kind of every node of the graph ORT
+    optimized the file into, by node name."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    kinds = layer_kinds(path, options)
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"fas_profile_{path.stem}")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), kinds
+    with tempfile.TemporaryDirectory() as tmp:
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath).graph
+    return session, {node.name: node_kind(node) for node in graph.node}
 
 
 def microseconds_by_kind(profile: Path, kinds: dict[str, str], runs: int) -> dict[str, float]:
@@ -81,13 +78,8 @@ def profile(paths: dict[str, Path]) -> dict[str, dict[str, float]]:
     sessions = {name: profiled_session(path) for name, path in paths.items()}
     size = onnx.load(next(iter(paths.values()))).graph.input[0].type.tensor_type.shape.dim[-1].dim_value
     image = np.random.default_rng(0).uniform(0, 1, (1, 3, size, size)).astype(np.float32)
-    for session, _ in sessions.values():
-        for _ in range(WARMUP):
-            session.run(None, {"input": image})
-    for _ in range(ROUNDS):
-        for session, _ in sessions.values():
-            for _ in range(RUNS_PER_ROUND):
-                session.run(None, {"input": image})
+    calls = {name: functools.partial(session.run, None, {"input": image}) for name, (session, _) in sessions.items()}
+    interleaved_times(calls, ROUNDS, RUNS_PER_ROUND, WARMUP)  # the profiler records each node of each run
     runs = WARMUP + ROUNDS * RUNS_PER_ROUND
     return {
         name: microseconds_by_kind(Path(session.end_profiling()), kinds, runs)
