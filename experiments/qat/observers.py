@@ -22,9 +22,7 @@ import tempfile
 from dataclasses import dataclass
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from sensitivity import CALIBRATION_CROPS, CONFIGS, describe, difference, images
+from sensitivity import CALIBRATION_CROPS, describe, difference, export_config, images
 from torch.utils.data import Dataset
 from torchao.quantization.pt2e import FakeQuantize, HistogramObserver, MinMaxObserver, disable_observer
 from torchao.quantization.pt2e.quantizer import QuantizationSpec
@@ -69,13 +67,9 @@ class Crops:
 
 
 def crops(checkpoint: str, overrides: list[str]) -> Crops:
-    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        cfg = compose(
-            "export",
-            overrides=[f"ckpt_path={checkpoint}", "quantization=qat", f"hydra.run.dir={tmp}", *overrides],
-            return_hydra_config=True,
-        )
-        HydraConfig().set_config(cfg)
+    """The model and crops of `checkpoint` as `export.py quantization=qat <overrides>` reads them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = export_config(checkpoint, overrides, tmp)
         info = load_backend(checkpoint).info
         datamodule = datamodule_for(cfg.data, info, cfg.get("detector"))
         backend, _ = prepare_export(checkpoint, tmp, datamodule, None, "test")

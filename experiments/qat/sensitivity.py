@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 from torch.utils.data import Dataset, Subset
 from torchao.quantization.pt2e import disable_observer
 
@@ -50,18 +51,25 @@ def describe(mse: float, flips: int) -> str:
     return f"mse {mse:.4f}, {flips} decisions flip"
 
 
+def export_config(checkpoint: str, overrides: list[str], output_dir: str) -> DictConfig:
+    """`export.py ckpt_path=<checkpoint> quantization=qat <overrides>`'s config, written to `output_dir`."""
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        cfg = compose(
+            "export",
+            overrides=[f"ckpt_path={checkpoint}", "quantization=qat", f"hydra.run.dir={output_dir}", *overrides],
+            return_hydra_config=True,
+        )
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
 def main() -> None:
     silence_library_noise()
     torch.set_num_threads(1)
     checkpoint, overrides = sys.argv[1], sys.argv[2:]
     print("CPU:", describe_cpu(), flush=True)
-    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        cfg = compose(
-            "export",
-            overrides=[f"ckpt_path={checkpoint}", "quantization=qat", f"hydra.run.dir={tmp}", *overrides],
-            return_hydra_config=True,
-        )
-        HydraConfig().set_config(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = export_config(checkpoint, overrides, tmp)
         info = load_backend(checkpoint).info
         datamodule = datamodule_for(cfg.data, info, cfg.get("detector"))
         backend, _ = prepare_export(checkpoint, tmp, datamodule, None, "test")
