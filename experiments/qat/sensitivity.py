@@ -52,7 +52,7 @@ def describe(mse: float, flips: int) -> str:
 
 
 def export_config(checkpoint: str, overrides: list[str], output_dir: str) -> DictConfig:
-    """`export.py ckpt_path=<checkpoint> quantization=qat <overrides>`'s config, written to `output_dir`."""
+    """`export.py ckpt_path=<checkpoint> quantization=qat <overrides>`'s config, its run folder `output_dir`."""
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
         cfg = compose(
             "export",
