@@ -22,9 +22,9 @@ import tempfile
 from dataclasses import dataclass
 
 import torch
-from sensitivity import CALIBRATION_CROPS, describe, difference, export_config, images
+from sensitivity import CALIBRATION_CROPS, calibrate, describe, difference, export_config, images
 from torch.utils.data import Dataset
-from torchao.quantization.pt2e import FakeQuantize, HistogramObserver, MinMaxObserver, disable_observer
+from torchao.quantization.pt2e import FakeQuantize, HistogramObserver, MinMaxObserver
 from torchao.quantization.pt2e.quantizer import QuantizationSpec
 
 from fas.export import qat
@@ -86,12 +86,7 @@ def crops(checkpoint: str, overrides: list[str]) -> Crops:
 def calibrated(teacher: torch.nn.Module, input_size: int, calibration: torch.Tensor, spec: QuantizationSpec):
     """The QAT model of `teacher` with activation spec `spec`, its ranges observed on `calibration` and frozen."""
     qat.ACTIVATION = spec
-    model = qat.prepare(teacher, input_size)
-    with torch.no_grad():
-        for start in range(0, len(calibration), 32):
-            model(calibration[start : start + 32])
-    model.apply(disable_observer)
-    return model
+    return calibrate(qat.prepare(teacher, input_size), calibration)
 
 
 def main() -> None:

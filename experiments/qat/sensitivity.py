@@ -51,6 +51,15 @@ def describe(mse: float, flips: int) -> str:
     return f"mse {mse:.4f}, {flips} decisions flip"
 
 
+def calibrate(model: torch.nn.Module, calibration: torch.Tensor) -> torch.nn.Module:
+    """`model` (a prepared QAT model) with its ranges observed on `calibration`, 32 crops a batch, then frozen."""
+    with torch.no_grad():
+        for start in range(0, len(calibration), 32):
+            model(calibration[start : start + 32])
+    model.apply(disable_observer)
+    return model
+
+
 def export_config(checkpoint: str, overrides: list[str], output_dir: str) -> DictConfig:
     """`export.py ckpt_path=<checkpoint> quantization=qat <overrides>`'s config, its run folder `output_dir`."""
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
@@ -78,11 +87,7 @@ def main() -> None:
         test = images(datamodule.splits["test"].without_augmentation(), TEST_CROPS)
     with torch.no_grad():
         reference = teacher(test)
-    model = prepare(teacher, info.convention.input_size)
-    with torch.no_grad():
-        for start in range(0, len(calibration), 32):
-            model(calibration[start : start + 32])
-    model.apply(disable_observer)
+    model = calibrate(prepare(teacher, info.convention.input_size), calibration)
     quantizers = {n: m for n, m in model.named_modules() if hasattr(m, "disable_fake_quant")}
     weights = {n for n, m in quantizers.items() if m.qscheme == torch.per_channel_symmetric}
     print(f"{len(test)} test crops, {len(quantizers) - len(weights)} activation and {len(weights)} weight quantizers")

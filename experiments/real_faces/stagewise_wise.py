@@ -25,18 +25,20 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from torch.utils.data import Subset
 
+from fas.convention import ModelInfo
+from fas.data.datamodule import FaceDataModule
 from fas.export.pipeline import datamodule_for, labelled_images
+from fas.finetune import interpolate
 from fas.hydra_utils import silence_library_noise
-from fas.inference.backends import load_backend
-from fas.metrics import equal_error_rate, roc_auc
+from fas.inference.backends import TorchBackend
+from fas.metrics import equal_error_rate, roc_auc, spoof_scores
 from fas.models.checkpoint import backbone_state_dict, read_checkpoint
 
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
 
 
-def crops(checkpoint: str, root: str, split: str, every: int, overrides: list[str]) -> tuple[torch.Tensor, np.ndarray]:
-    """(every `every`-th crop of `split`, is-spoof flags) of a folder tree, cropped as the checkpoint records."""
-    backend = load_backend(checkpoint)
+def folder_splits(checkpoint: str, info: ModelInfo, root: str, overrides: list[str]) -> FaceDataModule:
+    """A folder tree's splits, cropped as the checkpoint records (`export.py`'s config with `data=folder`)."""
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
         cfg = compose(
             "export",
@@ -50,59 +52,64 @@ def crops(checkpoint: str, root: str, split: str, every: int, overrides: list[st
             return_hydra_config=True,
         )
         HydraConfig().set_config(cfg)
-        datamodule = datamodule_for(cfg.data, backend.info, cfg.get("detector"))
+        datamodule = datamodule_for(cfg.data, info, cfg.get("detector"))
         datamodule.prepare_data()
         datamodule.setup("fit")
-        dataset = datamodule.splits[split].without_augmentation()
-        data = labelled_images(Subset(dataset, range(0, len(dataset), every)))
-    return torch.from_numpy(data.images), np.asarray(data.targets) != backend.info.class_scheme.real_class_index
+    return datamodule
 
 
-def spoof_scores(model: torch.nn.Module, images: torch.Tensor, real_class_index: int) -> np.ndarray:
+def every_nth(
+    datamodule: FaceDataModule, split: str, every: int, real_class_index: int
+) -> tuple[torch.Tensor, np.ndarray]:
+    """(every `every`-th crop of `split`, is-spoof flags)."""
+    dataset = datamodule.splits[split].without_augmentation()
+    data = labelled_images(Subset(dataset, range(0, len(dataset), every)))
+    return torch.from_numpy(data.images), np.asarray(data.targets) != real_class_index
+
+
+def scores(model: torch.nn.Module, images: torch.Tensor, real_class_index: int) -> np.ndarray:
     with torch.no_grad():
-        chunks = [torch.softmax(model(images[i : i + 256]), 1)[:, real_class_index] for i in range(0, len(images), 256)]
-    return 1 - torch.cat(chunks).numpy()
+        logits = torch.cat([model(images[i : i + 256]) for i in range(0, len(images), 256)])
+    return spoof_scores(logits, real_class_index).numpy()
 
 
-def stage_of(backbone: torch.nn.Module) -> dict[str, int]:
-    """Top-level child name -> stage index."""
-    return {name: index for index, names in enumerate(backbone.stages) for name in names}
-
-
-def mixed(published: dict, tuned: dict, stages: dict[str, int], weights: list[float]) -> dict:
-    """Each floating-point tensor (weights and BatchNorm statistics) mixed with its stage's a; counters as tuned."""
+def mixed(published: dict, tuned: dict, stage_of: dict[str, int], weights: list[float]) -> dict:
+    """`fas.finetune.interpolate` of each stage's tensors with that stage's a."""
     state = {}
-    for key, value in tuned.items():
-        weight = weights[min(stages[key.split(".")[0]], len(weights) - 1)]
-        state[key] = (1 - weight) * published[key] + weight * value if value.is_floating_point() else value
+    for stage in set(stage_of.values()):
+        keys = [key for key in tuned if stage_of[key.split(".")[0]] == stage]
+        weight = weights[min(stage, len(weights) - 1)]
+        state |= interpolate(published, {key: tuned[key] for key in keys}, weight)
     return state
 
 
 def main() -> None:
     silence_library_noise()
     tuned_path, published_path, variants_path, replay, nuaa, *overrides = sys.argv[1:]
-    backend = load_backend(tuned_path)
-    model, real = backend.model, backend.info.class_scheme.real_class_index
+    checkpoint = read_checkpoint(tuned_path)
+    backend = TorchBackend.from_lightning_checkpoint(tuned_path, checkpoint=checkpoint)
+    model, info, real = backend.model, backend.info, backend.info.class_scheme.real_class_index
     start = time.perf_counter()
-    val = crops(tuned_path, replay, "val", 3, overrides)
-    test = crops(tuned_path, replay, "test", 2, overrides)
-    nuaa_test = crops(tuned_path, nuaa, "test", 1, [*overrides, "data.sources.folder.image_stride=5"])
+    replay_splits = folder_splits(tuned_path, info, replay, overrides)
+    val, test = every_nth(replay_splits, "val", 3, real), every_nth(replay_splits, "test", 2, real)
+    nuaa_splits = folder_splits(tuned_path, info, nuaa, [*overrides, "data.sources.folder.image_stride=5"])
+    nuaa_test = every_nth(nuaa_splits, "test", 1, real)
     seconds = time.perf_counter() - start
     print(f"{len(val[0])} devel, {len(test[0])} test, {len(nuaa_test[0])} NUAA crops ({seconds:.0f} s)")
     print("stages:", [" ".join(names) for names in model.stages])
-    tuned = backbone_state_dict(read_checkpoint(tuned_path))
+    tuned = backbone_state_dict(checkpoint)
     published = backbone_state_dict(read_checkpoint(published_path))
-    stages = stage_of(model)
+    stage_of = {name: index for index, names in enumerate(model.stages) for name in names}
     for line in Path(variants_path).read_text().splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         name, *weights = line.split()
-        model.load_state_dict(mixed(published, tuned, stages, [float(w) for w in weights]))
-        val_scores = spoof_scores(model, val[0], real)
+        model.load_state_dict(mixed(published, tuned, stage_of, [float(w) for w in weights]))
+        val_scores = scores(model, val[0], real)
         _, threshold = equal_error_rate(val_scores, val[1])
-        test_scores = spoof_scores(model, test[0], real)
+        test_scores = scores(model, test[0], real)
         apcer, bpcer = np.mean(test_scores[test[1]] < threshold), np.mean(test_scores[~test[1]] >= threshold)
-        nuaa_auc = roc_auc(spoof_scores(model, nuaa_test[0], real), nuaa_test[1])
+        nuaa_auc = roc_auc(scores(model, nuaa_test[0], real), nuaa_test[1])
         val_auc, test_auc = roc_auc(val_scores, val[1]), roc_auc(test_scores, test[1])
         print(
             f"{name:14s} devel ROC-AUC {val_auc:.4f}  test ROC-AUC {test_auc:.4f}"
