@@ -1,9 +1,12 @@
-"""Fine-tuning that keeps what a pretrained model knew: L2-SP during the fit, WiSE-FT at its end.
+"""Fine-tuning that keeps what a pretrained model knew: LwF and L2-SP during the fit, WiSE-FT at its end.
 
 Fine-tuning a published model on one more data set can wreck what it handled before (its other attacks
 and cameras). `PretrainedAnchor` (`configs/callbacks/pretrained_anchor.yaml`) remembers the weights the fit
-started from (the `pretrained=` weights) and keeps the result near them two ways:
+started from (the `pretrained=` weights) and keeps the result near them three ways:
 
+- LwF (Li & Hoiem, 2016, "Learning without forgetting"), `finetune.distillation=w`: w x the distillation loss
+  toward the start model's logits on the same batch joins the loss (`LivenessModule`, `fas.losses`): the outputs,
+  not the weights, are kept near what the model answered before. The teacher is set here, from the start weights.
 - L2-SP (Li et al., 2018, "Explicit inductive bias for transfer learning with convolutional networks"),
   `finetune.l2sp=alpha`: alpha / 2 * ||w - w_start||^2 joins the loss, added to the gradients before each
   optimizer step (weight decay pulls toward 0; this pulls toward what the model knew).
@@ -105,12 +108,26 @@ class PretrainedAnchor(Callback):
                 k: v.detach().clone().cpu() for k, v in pl_module.state_dict().items() if kept is None or k in kept
             }
         self.parameter_names = {name for name, _ in pl_module.named_parameters()}
+        if getattr(pl_module, "hparams", {}).get("distillation", 0) > 0:
+            self.attach_teacher(pl_module, kept)
         if self.l2sp > 0:
             self.anchors = [
                 (parameter, self.start[name].to(parameter.device, parameter.dtype))
                 for name, parameter in pl_module.named_parameters()
                 if parameter.requires_grad and name in self.start and self.start[name].shape == parameter.shape
             ]
+
+    def attach_teacher(self, module: LivenessModule, kept: set[str] | None) -> None:
+        """`finetune.distillation`'s teacher: the weights the fit started from, classifier included."""
+        output_layer = f"backbone.{module.backbone.stages[-1][-1]}."  # the layer that writes the logits
+        classifier = {k for k in module.state_dict() if k.startswith(output_layer)}
+        if kept is None or not classifier <= kept:
+            why = "no pretrained= weights were given" if kept is None else "the classifier was started afresh"
+            raise ConfigError(
+                f"finetune.distillation keeps a fine-tune's outputs near the pretrained model's, and {why}: give "
+                "pretrained=<weights> with their own classifier, or finetune.distillation=0"
+            )
+        module.set_teacher(self.start)
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer

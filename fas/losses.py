@@ -63,3 +63,12 @@ class LivenessLoss(nn.Module):
             return {"loss": ce, "loss_ce": ce}
         ft = F.mse_loss(ft_map, ft_target)
         return {"loss": (1 - self.ft_weight) * ce + self.ft_weight * ft, "loss_ce": ce, "loss_ft": ft}
+
+
+def distillation_loss(logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), the batch mean (Hinton et al., 2015; Li & Hoiem,
+    2016, "Learning without forgetting", use it to keep a fine-tuned model's outputs near the original's).
+    T^2 keeps its gradients on the scale of cross-entropy's whatever the temperature."""
+    student = F.log_softmax(logits.float() / temperature, dim=1)
+    teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    return temperature**2 * F.kl_div(student, teacher, log_target=True, reduction="batchmean")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from fas.convention import ClassScheme, InputConvention
 from fas.errors import ConfigError, TrainingDivergedError
-from fas.losses import LivenessLoss, fourier_target, to_gray_255
+from fas.losses import LivenessLoss, distillation_loss, fourier_target, to_gray_255
 from fas.metrics import (
     SOURCE_KEYS,
     PadResult,
@@ -46,7 +47,9 @@ class LivenessModule(L.LightningModule):
     For fine-tuning (`finetune.*` in `configs/train.yaml`): the first `frozen_stages` of the backbone's `stages`
     keep their weights and BatchNorm statistics (`frozen_batchnorm`: every BatchNorm of the backbone keeps its
     statistics, scale and shift), and stage i of n learns at lr * stage_lr_decay ** (n - 1 - i) (the classifier
-    at lr, earlier stages slower; the FT head at lr).
+    at lr, earlier stages slower; the FT head at lr). With `distillation` > 0 (learning without forgetting) the
+    loss adds distillation x `distillation_loss` toward the logits of a frozen teacher, the weights the fine-tune
+    started from (`set_teacher`, called by `fas.finetune.PretrainedAnchor`).
     """
 
     def __init__(
@@ -63,6 +66,8 @@ class LivenessModule(L.LightningModule):
         frozen_stages: int = 0,
         stage_lr_decay: float = 1.0,
         frozen_batchnorm: bool = False,
+        distillation: float = 0.0,
+        distillation_temperature: float = 2.0,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
     ) -> None:
@@ -91,6 +96,12 @@ class LivenessModule(L.LightningModule):
         for module in self.frozen_modules:  # Lightning keeps each submodule's mode as it finds it
             module.requires_grad_(False).eval()
         self.criterion = LivenessLoss(ft_weight, label_smoothing)
+        if isinstance(distillation, bool) or not isinstance(distillation, int | float) or distillation < 0:
+            raise ConfigError(f"finetune.distillation={distillation!r}: give a weight >= 0 (0: off)")
+        if isinstance(distillation_temperature, bool) or not (
+            isinstance(distillation_temperature, int | float) and distillation_temperature > 0
+        ):
+            raise ConfigError(f"finetune.distillation_temperature={distillation_temperature!r}: give a number > 0")
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -102,6 +113,16 @@ class LivenessModule(L.LightningModule):
         # State-dict keys whose values came from `pretrained=` weights (set by fas.train); fas.finetune keeps
         # only those near their start (a re-initialised classifier or the FT head learns freely).
         self.pretrained_keys: set[str] | None = None
+        # The frozen backbone `distillation` pulls toward; kept out of the state dict and the checkpoints.
+        self.__dict__["teacher"] = None
+
+    def set_teacher(self, state_dict: dict[str, Tensor]) -> None:
+        """The teacher of `distillation`: a frozen copy of the backbone holding `state_dict`'s `backbone.*`
+        weights (the module's own keys), on the module's device."""
+        teacher = copy.deepcopy(self.backbone)
+        weights = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
+        teacher.load_state_dict(weights, strict=False)
+        self.__dict__["teacher"] = teacher.to(self.device).eval().requires_grad_(False)
 
     def train(self, mode: bool = True) -> LivenessModule:
         """Frozen stages (and with `frozen_batchnorm` every BatchNorm) stay in eval mode: their BatchNorm layers
@@ -140,6 +161,18 @@ class LivenessModule(L.LightningModule):
             with torch.no_grad():
                 ft_target = fourier_target(to_gray_255(batch["image"], self.convention), tuple(ft_map.shape[-2:]))
         losses = self.criterion(logits, batch["target"], ft_map, ft_target)
+        if self.hparams.distillation > 0:
+            if self.teacher is None:
+                raise ConfigError(
+                    "finetune.distillation pulls toward the model a fine-tune starts from: it needs "
+                    "pretrained=<weights> and the pretrained_anchor callback (callbacks=default), which hands it over"
+                )
+            with torch.no_grad():
+                teacher_logits = self.teacher(images)
+            losses["loss_distillation"] = distillation_loss(
+                logits, teacher_logits, self.hparams.distillation_temperature
+            )
+            losses["loss"] = losses["loss"] + self.hparams.distillation * losses["loss_distillation"]
         if not torch.isfinite(losses["loss"]):  # stop now, not with NaN scores at the next validation
             raise self.diverged(losses)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(images))

@@ -25,7 +25,16 @@ LAYERS = [
     ["fas.data.crop", "fas.data.sample", "fas.losses", "fas.metrics", "fas.detect"],
     ["fas.data"],
     ["fas.inference"],
-    ["fas.module", "fas.plots", "fas.report", "fas.loggers", "fas.sweep", "fas.hydra_utils", "fas.finetune"],
+    [
+        "fas.module",
+        "fas.plots",
+        "fas.report",
+        "fas.loggers",
+        "fas.sweep",
+        "fas.hydra_utils",
+        "fas.finetune",
+        "fas.averaging",
+    ],
     ["fas.export"],
     ["fas.train", "fas.evaluate", "fas.predict", "fas.data.prepare.__main__"],  # the apps
 ]

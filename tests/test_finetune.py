@@ -5,6 +5,7 @@ validation data."""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import re
@@ -16,6 +17,7 @@ import torch
 from fas.convention import ClassScheme, InputConvention
 from fas.errors import ConfigError
 from fas.finetune import PretrainedAnchor, interpolate
+from fas.losses import distillation_loss
 from fas.models import BACKBONES, build_backbone
 from fas.module import LivenessModule
 from fas.train import train
@@ -100,6 +102,36 @@ def test_l2sp_pulls_the_pretrained_weights_toward_their_start_and_leaves_new_one
     assert "backbone.prob.weight" not in anchor.start and not any(k.startswith("ft_head.") for k in anchor.start)
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a training step outside a Trainer
+def test_distillation_pulls_the_outputs_toward_the_pretrained_model() -> None:
+    module = tiny_module(distillation=0.5, distillation_temperature=2.0)
+    images, targets = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ConfigError, match=r"finetune.distillation .* no pretrained= weights were given"):
+        PretrainedAnchor().on_fit_start(None, module)
+    module.pretrained_keys = {k for k in module.state_dict() if k.startswith("backbone.") and "prob" not in k}
+    with pytest.raises(ConfigError, match="the classifier was started afresh"):
+        PretrainedAnchor().on_fit_start(None, module)
+    module.pretrained_keys = {k for k in module.state_dict() if k.startswith("backbone.")}
+    PretrainedAnchor().on_fit_start(None, module)
+    assert not any(k.startswith("teacher") for k in module.state_dict())  # checkpoints do not carry it
+    module.eval()  # no dropout, BatchNorm statistics: the student computes what the teacher does
+    torch.testing.assert_close(module.teacher(images), module(images))
+    batch = {"image": images, "target": targets}
+    cross_entropy = torch.nn.functional.cross_entropy(module(images), targets)
+    fourier = module.training_step(batch, 0) - 0.5 * cross_entropy  # ft_weight 0.5: what the loss is without LwF
+    with torch.no_grad():
+        teacher_logits = module(images)
+        generator = torch.Generator().manual_seed(0)  # the fine-tune moved the embedding the classifier reads
+        module.backbone.bn.bias.copy_(3 * torch.randn(module.backbone.bn.bias.shape, generator=generator))
+        student_logits = module(images)
+    expected = distillation_loss(student_logits, teacher_logits, 2.0)
+    assert expected.item() > 0.1
+    without = 0.5 * torch.nn.functional.cross_entropy(student_logits, targets) + fourier
+    torch.testing.assert_close(module.training_step(batch, 0), without + 0.5 * expected)
+    with pytest.raises(ConfigError, match=r"finetune.distillation=-1: give a weight >= 0"):
+        tiny_module(distillation=-1)
+
+
 def test_a_finetune_tests_and_records_the_interpolated_weights(
     short_fit: Path, tiny_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
@@ -109,7 +141,9 @@ def test_a_finetune_tests_and_records_the_interpolated_weights(
         "finetune.interpolation=0.5",
         "finetune.frozen_stages=1",
         "finetune.l2sp=0.01",
+        "finetune.distillation=0.5",
         "trainer.max_epochs=1",
+        "trainer.log_every_n_steps=1",
         "seed=3",
     ]
     with caplog.at_level(logging.INFO, logger="fas.loggers"):
@@ -120,6 +154,10 @@ def test_a_finetune_tests_and_records_the_interpolated_weights(
         for what in ("trained on", "validated")
     )
     assert trained and validated and int(trained[1]) > int(validated[1]) > 0
+    (metrics_csv,) = tmp_path.glob("csv/*/metrics.csv")
+    rows = list(csv.DictReader(metrics_csv.open()))
+    distillation = [float(row["train/loss_distillation"]) for row in rows if row.get("train/loss_distillation")]
+    assert distillation and all(value >= 0 for value in distillation) and max(distillation) > 0
     payload = json.loads((tmp_path / "report" / "metrics.json").read_text())
     report, metrics = payload["models"][0], payload["metrics"]
     # The tested weights sit halfway between the start and the fine-tuned ones, so they moved half as far.

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
 from fas.convention import InputConvention
-from fas.losses import LivenessLoss, fourier_target, to_gray_255
+from fas.losses import LivenessLoss, distillation_loss, fourier_target, to_gray_255
 
 
 def numpy_fourier_target(gray: np.ndarray, size: int) -> np.ndarray:
@@ -61,6 +63,16 @@ def test_zero_ft_weight_ignores_the_head() -> None:
     assert set(losses) == {"loss", "loss_ce"}
     with pytest.raises(ValueError, match="ft_weight"):
         LivenessLoss(ft_weight=1.5)
+
+
+def test_distillation_loss_is_the_temperature_scaled_kl_divergence() -> None:
+    """Teacher softmax (0.75, 0.25), student (0.5, 0.5): KL = 0.75 ln 1.5 + 0.25 ln 0.5 = 0.130812."""
+    student, teacher = torch.zeros(1, 2), torch.tensor([[math.log(3.0), 0.0]])
+    assert distillation_loss(student, teacher, 1.0).item() == pytest.approx(0.130812, abs=1e-6)
+    # At T = 2 the logits are halved: teacher (2 ln 3, 0) gives the same softmax, and T^2 scales the loss by 4.
+    assert distillation_loss(student, 2 * teacher, 2.0).item() == pytest.approx(4 * 0.130812, abs=1e-5)
+    batch = torch.tensor([[1.0, -2.0], [0.3, 0.1]])
+    assert distillation_loss(batch, batch.clone(), 2.0).item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_the_fourier_target_stays_float32_under_bf16_autocast() -> None:

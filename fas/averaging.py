@@ -1,0 +1,76 @@
+"""An exponential moving average (EMA) of the weights, validated, checkpointed, tested and exported in their place.
+
+With a high learning rate the validation ROC-AUC of a small PAD model swings from epoch to epoch, and which epoch
+the checkpoint callback keeps becomes luck; the average of the last few hundred steps' weights swings less.
+Lightning's `WeightAveraging` keeps the average (`torch.optim.swa_utils.AveragedModel`), swaps it in for every
+validation epoch and writes it as each checkpoint's `state_dict` (the weights being trained go under
+`current_model_state`, for resuming), so the best checkpoint, its threshold, the test and the export all see the
+averaged weights.
+
+BatchNorm statistics are not averaged: the running statistics of weights that moved are not those of their
+average (on Replay-Attack at 128 px, epoch 4 of a run at lr 0.02, a third of devel: ROC-AUC 0.912 with averaged
+statistics, 0.996 with statistics re-estimated for the averaged weights, 0.990 for the weights being trained). As in SWA
+(Izmailov et al., 2018), they are re-estimated on `bn_batches` training batches before each validation epoch.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.optim.swa_utils import get_ema_avg_fn
+from torch.utils.data import DataLoader
+
+from fas.errors import ConfigError
+from fas.module import BATCH_NORMS
+
+
+class WeightEma(WeightAveraging):
+    """Averages the parameters after every optimizer step, `average = decay * average + (1 - decay) * weights`,
+    and re-estimates the averaged model's BatchNorm statistics on `bn_batches` training batches before each
+    validation epoch (see the module docstring). Outside fitting, a checkpoint's `state_dict` (the average) is the
+    model: its `current_model_state` is not loaded over it, so `trainer.test` tests what was validated."""
+
+    def __init__(self, decay: float = 0.995, bn_batches: int = 30) -> None:
+        if not 0 < decay < 1:
+            raise ConfigError(f"callbacks.ema.decay={decay!r}: give a number in (0, 1), e.g. 0.995")
+        super().__init__(use_buffers=False, avg_fn=get_ema_avg_fn(decay))
+        self.bn_batches = bn_batches
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_epoch_start(trainer, pl_module)  # the averaged weights are now the module's
+        if self._average_model is not None and not trainer.sanity_checking:
+            reestimate_batchnorm(pl_module, trainer.train_dataloader, self.bn_batches)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+@torch.no_grad()
+def reestimate_batchnorm(module: L.LightningModule, loader: DataLoader | None, batches: int) -> None:
+    """Replace the running statistics of every BatchNorm of `module.backbone` that trains (frozen ones keep theirs)
+    by their mean over the first `batches` batches of `loader` (the training loader)."""
+    if loader is None:
+        return
+    was_training = module.training
+    module.train()  # LivenessModule.train keeps frozen stages in eval mode
+    norms = [m for m in module.backbone.modules() if isinstance(m, BATCH_NORMS) and m.training]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative mean over the batches below
+    # The training epoch's own order and augmentation (its sampler is a pure function of seed and epoch), in
+    # this process: no second set of workers, and nothing drawn from the training's random state.
+    again = DataLoader(
+        loader.dataset, batch_size=loader.batch_size, sampler=loader.sampler, collate_fn=loader.collate_fn
+    )
+    for batch in itertools.islice(again, batches):
+        module(batch["image"].to(module.device))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    module.train(was_training)
