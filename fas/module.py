@@ -113,7 +113,8 @@ class LivenessModule(L.LightningModule):
         # State-dict keys whose values came from `pretrained=` weights (set by fas.train); fas.finetune keeps
         # only those near their start (a re-initialised classifier or the FT head learns freely).
         self.pretrained_keys: set[str] | None = None
-        # The frozen backbone `distillation` pulls toward; kept out of the state dict and the checkpoints.
+        # The frozen backbone `distillation` pulls toward; set through __dict__ so that nn.Module does not register
+        # it as a submodule: it stays out of the state dict, the checkpoints and the optimizer.
         self.__dict__["teacher"] = None
 
     def set_teacher(self, state_dict: dict[str, Tensor]) -> None:
