@@ -54,7 +54,9 @@ class WeightEma(WeightAveraging):
 @torch.no_grad()
 def reestimate_batchnorm(module: L.LightningModule, loader: DataLoader | None, batches: int) -> None:
     """Replace the running statistics of every BatchNorm of `module.backbone` that trains (frozen ones keep theirs)
-    by their mean over the first `batches` batches of `loader` (the training loader)."""
+    by their mean over the first `batches` batches of `loader` (the training loader). Not
+    `torch.optim.swa_utils.update_bn`: it resets every BatchNorm, frozen ones too, and reads tensor or tuple
+    batches, not fas's dict batches."""
     if loader is None:
         return
     was_training = module.training
