@@ -92,16 +92,19 @@ def sweep_group(mode: Any, sweep_dir: str, task_name: str) -> str:
     return f"{task_name}_{Path(sweep_dir).name}" if str(mode).endswith("MULTIRUN") else task_name
 
 
-def input_size_of(convention: DictConfig) -> int:
+def input_size_of(convention: DictConfig | None) -> int | None:
     """The input size a `convention` config gives (a published convention's or the pretrained weights' own
-    when the config leaves it null): the augmentations' output size."""
+    when the config leaves it null): the augmentations' output size. None where the config names no convention:
+    `export.py` takes it from the checkpoint (`fas.export.pipeline.training_augmentation`)."""
+    if convention is None:
+        return None
     return int(hydra.utils.instantiate(convention).input_size)
 
 
 def register_resolvers() -> None:
     """The resolvers the configs use: `configs/logger/wandb.yaml`'s
     `group: ${sweep_group:${hydra:mode},${hydra:sweep.dir},${task_name}}` and `configs/augmentation/`'s
-    `${input_size:${convention}}`."""
+    `${input_size:${oc.select:convention,null}}` (None in export.py, which names no convention)."""
     OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
     OmegaConf.register_new_resolver("input_size", input_size_of, replace=True)
 

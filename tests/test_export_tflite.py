@@ -362,6 +362,23 @@ def test_qat_tflite_has_the_integers_learned_for_the_onnx_file(qat_both: Path) -
 
 
 @mobile
+def test_qat_tflite_keeps_the_float_stride_layers_float(ranked_checkpoint: Path, tiny_data: Path, tmp_path: Path):
+    """`quantization=qat quantization.float_stride=4`: the high-resolution layers are trained and written float in
+    the LiteRT file too (the same 31 as in the ONNX file), the input feeds the float stem directly."""
+    from fas.export.pipeline import export
+
+    require_mobile_extra()
+    qat = ["format=tflite", "quantization=qat", "quantization.qat_max_steps=8", "quantization.qat_batch_size=8"]
+    overrides = [f"ckpt_path={ranked_checkpoint}", *qat, *TINY_DATA, f"data.root={tiny_data}"]
+    export(compose_config("export", [*overrides, "quantization.float_stride=4"], tmp_path))
+    report = json.loads((tmp_path / "export" / "report_tflite.json").read_text())
+    assert report["quantization"]["float_stride"] == 4 and report["int8"]["layers"] == {"int8": 58, "float": 31}
+    assert report["int8"]["decision_agreement"] >= MIN_QAT_AGREEMENT, report["int8"]
+    layers = [types for name, types in tflite_ops(tmp_path / "export" / "model_int8.tflite") if name in INTEGER_LAYERS]
+    assert layers[0][:2] == [np.float32, np.float32] and layers[-1] == [np.int8, np.int8, np.int32]  # stem, classifier
+
+
+@mobile
 def test_qat_tflite_decides_as_fp32(qat_both: Path, tiny_data: Path) -> None:
     """Its live/spoof decisions on the generated test crops agree with FP32's as the ONNX file's do, and with the
     ONNX file's (the same grid, rounded by LiteRT's integer kernels)."""

@@ -22,11 +22,12 @@ import hydra
 import numpy as np
 import onnx
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fas.convention import ModelInfo
 from fas.data.datamodule import FaceDataModule, datamodule_for
+from fas.data.datasets import Transform
 from fas.errors import FasError
 from fas.export import tflite
 from fas.export.onnx import export_onnx
@@ -35,7 +36,7 @@ from fas.export.quantize import QuantizationRecipe, quantize
 from fas.export.rewrite import optimize_for_cpu
 from fas.export.tflite import TfliteRecipe
 from fas.formats import parse_formats
-from fas.hydra_utils import named_convention, silence_library_noise
+from fas.hydra_utils import named_convention, register_resolvers, silence_library_noise
 from fas.inference.backends import TorchBackend, load_backend
 
 if TYPE_CHECKING:
@@ -120,9 +121,13 @@ def export_model(
     return finish_export(model_path, backend, datamodule, fp32, int8, settings, start, "report")
 
 
-def training_crops(datamodule: FaceDataModule) -> Dataset:
-    """The training split unaugmented (what quantization-aware training learns on); one line when there is none."""
-    crops = datamodule.splits["train"].without_augmentation()
+def training_crops(datamodule: FaceDataModule, augmented: bool = False) -> Dataset:
+    """The training split, unaugmented or with its augmentation (the fit's, or `export.py`'s `augmentation`), for
+    quantization-aware training; one line when there is none."""
+    split = datamodule.splits["train"]
+    crops = split if augmented and split.transform is not None else split.without_augmentation()
+    if augmented and split.transform is None:
+        log.info("quantization.qat_augment=true, but the data has no training augmentation; QAT crops unaugmented")
     if len(crops) == 0:
         raise ExportError(
             f"{datamodule.describe()}: quantization=qat fine-tunes on the data's training split and there is none "
@@ -146,11 +151,17 @@ def qat_model(
     key = str(model_path)
     if trained is not None and key in trained:
         return trained[key]
-    crops = training_crops(datamodule)
+    crops = training_crops(datamodule, recipe.qat_augment)
     settings = QatSettings(
-        recipe.qat_epochs, recipe.qat_max_steps, recipe.qat_batch_size, recipe.qat_lr, recipe.qat_seed
+        recipe.qat_epochs,
+        recipe.qat_max_steps,
+        recipe.qat_batch_size,
+        recipe.qat_lr,
+        recipe.qat_seed,
+        recipe.float_stride,
     )
-    log.info("Quantization-aware training on %d training crops", len(crops))
+    augmented = getattr(crops, "transform", None) is not None
+    log.info("Quantization-aware training on %d training crops%s", len(crops), ", augmented" if augmented else "")
     size = backend.info.convention.input_size
     model = train(backend.model, size, crops, settings, log_metrics, datamodule.num_workers)
     if trained is not None:
@@ -347,6 +358,7 @@ def export(cfg: DictConfig) -> ExportResult:
     """`python export.py ckpt_path=... [format=onnx|tflite|[onnx,tflite]]`: the datamodule follows the
     checkpoint's convention. Returns the result of the last format written."""
     silence_library_noise()
+    register_resolvers()  # the augmentation presets' `${input_size:...}`
     formats = parse_formats(cfg.get("format", "onnx"))
     convention = named_convention(cfg)
     info = load_backend(cfg.ckpt_path, convention=convention).info
@@ -355,7 +367,19 @@ def export(cfg: DictConfig) -> ExportResult:
     settings = ExportSettings(
         hydra.utils.instantiate(cfg.quantization), hydra.utils.instantiate(cfg.tflite), cfg.optimize
     )
+    if settings.quantization.method == "qat" and settings.quantization.qat_augment:
+        datamodule.train_transform = training_augmentation(cfg.get("augmentation"), info)
     for model_format in formats:
         result = model_format.export_function()(cfg.ckpt_path, output_dir, datamodule, settings, convention)
         log.info("Exported %s", result.summary())
     return result
+
+
+def training_augmentation(augmentation: DictConfig | None, info: ModelInfo) -> Transform | None:
+    """`export.py`'s `augmentation` preset (what QAT trains on) at the checkpoint's input size: the presets size
+    their crops with `${input_size:...}` of the config's convention, and `export.py` takes it from the checkpoint."""
+    if augmentation is None:
+        return None
+    convention = {"_target_": "fas.convention.InputConvention", **info.convention.to_dict()}
+    scoped = OmegaConf.create({"convention": convention, "augmentation": OmegaConf.to_container(augmentation)})
+    return hydra.utils.instantiate(scoped.augmentation.train)

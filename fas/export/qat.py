@@ -1,6 +1,7 @@
 """Quantization-aware training (`quantization=qat`): a trained model fine-tuned for a few epochs with fake
-quantization that models exactly the INT8 files it then writes, `model_int8.onnx` (QDQ, every layer 8-bit) and,
-with `formats=[onnx,tflite]`, the full-integer `model_int8.tflite`, both from the one trained model.
+quantization that models exactly the INT8 files it then writes, `model_int8.onnx` (QDQ, every layer 8-bit unless
+`quantization.float_stride` keeps the high-resolution ones float) and, with `formats=[onnx,tflite]`,
+`model_int8.tflite`, both from the one trained model.
 
 The scheme is the one of fas's static ONNX recipe (`fas.export.quantize`), as ONNX Runtime runs it:
 per-channel symmetric int8 weights in [-127, 127] (ORT's symmetric range, scale = max|w| / 127), per-tensor
@@ -62,9 +63,10 @@ from torchao.quantization.pt2e.quantizer import (
 )
 
 from fas.convention import ModelInfo
-from fas.export.layers import export_form
+from fas.data.datasets import EpochSeededSampler
+from fas.export.layers import export_form, is_high_resolution
 from fas.export.onnx import onnx_graph
-from fas.export.quantize import compact
+from fas.export.quantize import compact, store_float_weights_as_half
 from fas.export.rewrite import reduce_mean_to_global_average_pool
 from fas.inference.onnx_file import write_metadata
 
@@ -170,13 +172,25 @@ class OrtQdqQuantizer(Quantizer):
     except the model's output (the logits: only observed, see `LOGITS`). Add, Mul, Sigmoid, average pooling and a
     lone Relu quantize their inputs and output (QLinearAdd, QLinearMul, ...); reshapes and dropout share their
     input's quantization. A sigmoid's output range is fixed (`SIGMOID_OUTPUT`).
+    With `float_stride` (the static recipe's `quantization.float_stride`) the layers whose output map is at most
+    that many times smaller than the `input_size` input stay float, unannotated: ORT runs them as float Convs.
     """
+
+    def __init__(self, input_size: int = 0, float_stride: int = 0) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.float_stride = float_stride
+
+    def keeps_float(self, node: Node) -> bool:
+        value = node.meta.get("val")
+        side = value.shape[-1] if isinstance(value, torch.Tensor) and value.dim() == 4 else 0
+        return is_high_resolution(self.input_size, int(side), self.float_stride)
 
     def annotate(self, model: GraphModule) -> GraphModule:
         outputs = {arg for node in model.graph.nodes if node.op == "output" for arg in node.args[0]}
         done: set[Node] = set()
         for node in model.graph.nodes:
-            if node.op != "call_function" or node in done:
+            if node.op != "call_function" or node in done or self.keeps_float(node):
                 continue
             if node.target in CONVOLUTIONS:
                 done.update(self.annotate_layer(node, outputs))
@@ -218,18 +232,21 @@ class OrtQdqQuantizer(Quantizer):
 
 @dataclass(frozen=True)
 class QatSettings:
-    """How long and how fast the QAT stage trains (`quantization.qat_*`, `configs/quantization/qat.yaml`)."""
+    """How long and how fast the QAT stage trains (`quantization.qat_*`, `configs/quantization/qat.yaml`), and
+    which high-resolution layers stay float (`quantization.float_stride`; 0: none)."""
 
     epochs: int
     max_steps: int
     batch_size: int
     lr: float
     seed: int
+    float_stride: int = 0
 
 
-def prepare(backbone: nn.Module, input_size: int) -> GraphModule:
+def prepare(backbone: nn.Module, input_size: int, float_stride: int = 0) -> GraphModule:
     """The QAT model: the backbone in export form with its BatchNorms folded, traced with a dynamic batch axis,
-    annotated and fitted with fake quantization.
+    annotated (the high-resolution layers float with `float_stride`, see `OrtQdqQuantizer`) and fitted with fake
+    quantization.
 
     BatchNorm statistics stay frozen while a few epochs of QAT run (re-estimating them from a few batches of
     a fine-tuning stage would only add noise), and a BatchNorm with frozen statistics is an affine map of its
@@ -240,7 +257,7 @@ def prepare(backbone: nn.Module, input_size: int) -> GraphModule:
     example = torch.zeros(2, 3, input_size, input_size)
     batch = torch.export.Dim("batch", min=1)
     traced = torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
-    return prepare_qat_pt2e(traced, OrtQdqQuantizer())
+    return prepare_qat_pt2e(traced, OrtQdqQuantizer(input_size, float_stride))
 
 
 def finetune(
@@ -256,22 +273,24 @@ def finetune(
     The target is the FP32 model's logits (mean squared error), not the labels: what the INT8 file must do is
     decide as the FP32 model does (its agreement is what the report measures), and the logits carry the
     margin of every crop, also of the ones the FP32 model gets wrong, whose labels would pull the quantized
-    model away from it. So the crops need no labels and are used unaugmented, as inference sees them.
+    model away from it. So the crops need no labels, and augmented ones (`quantization.qat_augment`, the fit's
+    augmentation) are new crops every epoch for the teacher to score: the stage no longer fits a few hundred
+    crops it sees again and again (`experiments/qat/augmented.py`). Order and augmentation are seeded by
+    `settings.seed` and the epoch (`EpochSeededSampler`), whatever the number of loader workers.
     Adam without weight decay (the weights should stay where the FP32 fit left them), the learning rate warmed
     up and decayed by `learning_rate_factor`.
     """
     torch.manual_seed(settings.seed)
-    generator = torch.Generator().manual_seed(settings.seed)
     batch_size = min(settings.batch_size, len(crops))
-    loader = DataLoader(
-        crops, batch_size=batch_size, shuffle=True, generator=generator, drop_last=True, num_workers=workers
-    )
+    sampler = EpochSeededSampler(len(crops), settings.seed)
+    loader = DataLoader(crops, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=workers)
     steps = min(settings.max_steps, settings.epochs * len(loader))
     optimizer = torch.optim.Adam([p for p in prepared.parameters() if p.requires_grad], lr=settings.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, steps))
     losses: list[float] = []
     start = time.perf_counter()
     while len(losses) < steps:
+        sampler.set_epoch(len(losses) // len(loader))
         for batch in loader:
             images = batch["image"]
             with torch.no_grad():
@@ -337,7 +356,7 @@ def train(
     workers: int = 0,
 ) -> QatModel:
     """Fine-tune `backbone` with fake quantization on `crops` and freeze its ranges."""
-    prepared = prepare(backbone, input_size)
+    prepared = prepare(backbone, input_size, settings.float_stride)
     figures = finetune(prepared, backbone.eval(), crops, settings, log_metrics, workers)
     prepared.apply(disable_observer)
     return QatModel(prepared, figures)
@@ -370,6 +389,7 @@ def write_int8(model: QatModel, info: ModelInfo, path: Path, recipe: dict[str, A
         warnings.filterwarnings("ignore", message="Exporting a model while it is in training mode")
         proto = onnx_graph(float_logits(convert(model.prepared)), info.convention.input_size)
     proto = compact(reduce_mean_to_global_average_pool(proto))  # short names, no default zero points
+    store_float_weights_as_half(proto)  # the layers `float_stride` keeps float, as the static recipe stores them
     write_metadata(proto, info)
     proto.metadata_props.add(key="fas.quantization", value=json.dumps(recipe))
     onnx.checker.check_model(proto, full_check=True)

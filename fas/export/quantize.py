@@ -13,8 +13,8 @@
 - `dynamic`: weights only, activation ranges measured per inference (ConvInteger +
   DynamicQuantizeLinear), as in the published suri-liveness INT8 file; no calibration data, but
   slower than FP32 on CPU (experiments/export_latency).
-- `qat`: quantization-aware training, every layer 8-bit, the same scheme as `static` learned on the training
-  crops instead of calibrated on them (`fas.export.qat`; the `qat_*` settings).
+- `qat`: quantization-aware training, the same scheme as `static` learned on the training crops instead of
+  calibrated on them (`fas.export.qat`; the `qat_*` settings), every layer 8-bit unless `float_stride` is set.
 - `none`: FP32 only.
 
 The static and dynamic files are then compacted without changing any value (`compact`).
@@ -53,8 +53,8 @@ from fas.export.layers import is_high_resolution
 from fas.export.onnx import INPUT_NAME, quiet_loggers
 
 METHODS = ("static", "dynamic", "qat", "none")
-QAT_KEYS = ("qat_epochs", "qat_max_steps", "qat_batch_size", "qat_lr", "qat_seed")
-CALIBRATION_KEYS = ("calibration_method", "calibration_samples", "float_stride")
+QAT_KEYS = ("qat_epochs", "qat_max_steps", "qat_batch_size", "qat_lr", "qat_seed", "qat_augment")
+CALIBRATION_KEYS = ("calibration_method", "calibration_samples")
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -65,7 +65,8 @@ CALIBRATION_METHODS = {
 @dataclass(frozen=True)
 class QuantizationRecipe:
     """How to make `model_int8.onnx`; `calibration_samples` training crops are used by `static`, the `qat_*`
-    settings by `qat` (at most `qat_max_steps` steps of `qat_batch_size` crops over `qat_epochs` epochs)."""
+    settings by `qat` (at most `qat_max_steps` steps of `qat_batch_size` crops over `qat_epochs` epochs, the crops
+    augmented as the fit's with `qat_augment`)."""
 
     method: str = "static"
     calibration_method: str = "percentile"
@@ -77,6 +78,7 @@ class QuantizationRecipe:
     qat_batch_size: int = 32
     qat_lr: float = 1e-5
     qat_seed: int = 0
+    qat_augment: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -104,11 +106,8 @@ class QuantizationRecipe:
             raise ConfigError(
                 f"quantization.qat_lr={self.qat_lr!r}: the learning rate must be a positive number, e.g. 1e-5"
             )
-        if self.float_stride != 0:
-            raise ConfigError(
-                f"quantization.float_stride={self.float_stride}: quantization=qat puts every layer in 8 bits; set "
-                "quantization.float_stride=0, or keep the high-resolution layers float with quantization=static"
-            )
+        if not isinstance(self.qat_augment, bool):
+            raise ConfigError(f"quantization.qat_augment={self.qat_augment!r}: give true or false")
         if not self.per_channel:
             raise ConfigError("quantization.per_channel=false: quantization=qat quantizes weights per channel only")
 
