@@ -30,11 +30,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from observers import crops
-from sensitivity import CONFIGS, difference
+from sensitivity import CONFIGS, difference, start
 
 from fas.export import qat
-from fas.hardware import describe_cpu
-from fas.hydra_utils import register_resolvers, silence_library_noise
+from fas.hydra_utils import register_resolvers
 from fas.inference.backends import load_backend
 
 LONG_STEPS = 440
@@ -60,11 +59,7 @@ def ort_logits(model: qat.QatModel, checkpoint: str, crops: torch.Tensor) -> np.
 
 
 def main() -> None:
-    silence_library_noise()
-    torch.set_num_threads(1)
-    split = sys.argv.index("--") if "--" in sys.argv else len(sys.argv)
-    checkpoints, overrides = sys.argv[1:split], sys.argv[split + 1 :]
-    print("CPU:", describe_cpu(), flush=True)
+    checkpoints, overrides = start(sys.argv[1:])
     for checkpoint in checkpoints:
         data = crops(checkpoint, overrides)
         augmented = data.training.without_augmentation()

@@ -20,16 +20,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from benchmark import interleaved_latency
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
-from sensitivity import CONFIGS
+from sensitivity import CONFIGS, start
 
 from fas.export.pipeline import export
 from fas.hardware import describe_cpu
-from fas.hydra_utils import silence_library_noise
 from fas.inference.backends import load_backend
 
 RECIPES = {
@@ -50,11 +48,7 @@ def export_with(checkpoint: str, recipe: list[str], overrides: list[str], output
 
 
 def main() -> None:
-    silence_library_noise()
-    torch.set_num_threads(1)
-    split = sys.argv.index("--") if "--" in sys.argv else len(sys.argv)
-    checkpoints, overrides = sys.argv[1:split], sys.argv[split + 1 :]
-    print("CPU:", describe_cpu(), flush=True)
+    checkpoints, overrides = start(sys.argv[1:])
     records = []
     for checkpoint in checkpoints:
         size = load_backend(checkpoint).info.convention.input_size

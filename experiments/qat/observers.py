@@ -22,15 +22,13 @@ import tempfile
 from dataclasses import dataclass
 
 import torch
-from sensitivity import CALIBRATION_CROPS, calibrate, describe, difference, export_config, images
+from sensitivity import CALIBRATION_CROPS, calibrate, describe, difference, export_config, images, start
 from torch.utils.data import Dataset
 from torchao.quantization.pt2e import FakeQuantize, HistogramObserver, MinMaxObserver
 from torchao.quantization.pt2e.quantizer import QuantizationSpec
 
 from fas.export import qat
 from fas.export.pipeline import datamodule_for, prepare_export, training_crops
-from fas.hardware import describe_cpu
-from fas.hydra_utils import silence_library_noise
 from fas.inference.backends import load_backend
 
 TEST_CROPS = 10_000  # every test crop of the embedded data (301)
@@ -90,11 +88,7 @@ def calibrated(teacher: torch.nn.Module, input_size: int, calibration: torch.Ten
 
 
 def main() -> None:
-    silence_library_noise()
-    torch.set_num_threads(1)
-    split = sys.argv.index("--") if "--" in sys.argv else len(sys.argv)
-    checkpoints, overrides = sys.argv[1:split], sys.argv[split + 1 :]
-    print("CPU:", describe_cpu(), flush=True)
+    checkpoints, overrides = start(sys.argv[1:])
     fas_rule = qat.ACTIVATION
     for checkpoint in checkpoints:
         data = crops(checkpoint, overrides)

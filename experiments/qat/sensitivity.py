@@ -60,6 +60,15 @@ def calibrate(model: torch.nn.Module, calibration: torch.Tensor) -> torch.nn.Mod
     return model
 
 
+def start(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The study scripts' start: one PyTorch thread, the CPU printed, `<ckpt> ... -- <overrides>` split."""
+    silence_library_noise()
+    torch.set_num_threads(1)
+    split = argv.index("--") if "--" in argv else len(argv)
+    print("CPU:", describe_cpu(), flush=True)
+    return argv[:split], argv[split + 1 :]
+
+
 def export_config(checkpoint: str, overrides: list[str], output_dir: str) -> DictConfig:
     """`export.py ckpt_path=<checkpoint> quantization=qat <overrides>`'s config, its run folder `output_dir`."""
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
