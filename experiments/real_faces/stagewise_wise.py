@@ -9,7 +9,9 @@ to about a minute on 2 cores; the figures are for comparing variants, the full-s
     python experiments/real_faces/stagewise_wise.py <fine-tuned .ckpt> <published .pth> <variants file> \\
         <Replay tree> <NUAA tree> [overrides, e.g. detector.model_path=... paths.data_dir=...]
 
-A variants line is `<name> <a of stage 0> <a of stage 1> ...`; `#` starts a comment.
+A variants line is `<name> <a of stage 0> <a of stage 1> ...`; `#` starts a comment. Several fine-tuned
+checkpoints joined by `+` (fine-tunes of the same published weights with other seeds) are averaged first, a
+uniform model soup (Wortsman et al., 2022), and the soup is what is mixed with the published weights.
 """
 
 from __future__ import annotations
@@ -73,6 +75,14 @@ def scores(model: torch.nn.Module, images: torch.Tensor, real_class_index: int) 
     return spoof_scores(logits, real_class_index).numpy()
 
 
+def soup(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The mean of each floating-point tensor over `states` (the first state's value for anything else)."""
+    return {
+        key: torch.stack([state[key] for state in states]).mean(0) if value.is_floating_point() else value
+        for key, value in states[0].items()
+    }
+
+
 def mixed(published: dict, tuned: dict, stage_of: dict[str, int], weights: list[float]) -> dict:
     """`fas.finetune.interpolate` of each stage's tensors with that stage's a."""
     state = {}
@@ -85,7 +95,8 @@ def mixed(published: dict, tuned: dict, stage_of: dict[str, int], weights: list[
 
 def main() -> None:
     silence_library_noise()
-    tuned_path, published_path, variants_path, replay, nuaa, *overrides = sys.argv[1:]
+    tuned_paths, published_path, variants_path, replay, nuaa, *overrides = sys.argv[1:]
+    tuned_path, *other_paths = tuned_paths.split("+")
     checkpoint = read_checkpoint(tuned_path)
     backend = TorchBackend.from_lightning_checkpoint(tuned_path, checkpoint=checkpoint)
     model, info, real = backend.model, backend.info, backend.info.class_scheme.real_class_index
@@ -97,7 +108,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     print(f"{len(val[0])} devel, {len(test[0])} test, {len(nuaa_test[0])} NUAA crops ({seconds:.0f} s)")
     print("stages:", [" ".join(names) for names in model.stages])
-    tuned = backbone_state_dict(checkpoint)
+    tuned = soup([backbone_state_dict(checkpoint), *(backbone_state_dict(read_checkpoint(p)) for p in other_paths)])
     published = backbone_state_dict(read_checkpoint(published_path))
     stage_of = {name: index for index, names in enumerate(model.stages) for name in names}
     for line in Path(variants_path).read_text().splitlines():
