@@ -6,7 +6,7 @@ each line of the variants file gives one `a` per stage of the backbone's `stages
 of Replay test (ROC-AUC, HTER at that threshold) and NUAA test (every 5th photo, ROC-AUC). Subsets keep a variant
 to about a minute on 2 cores; the figures are for comparing variants, the full-split ones come from `evaluate.py`.
 
-    python experiments/real_faces/stagewise_wise.py <fine-tuned .ckpt> <published .pth> <variants file> \\
+    python experiments/real_faces/stagewise_wise.py <fine-tuned .ckpt>[+<.ckpt>...] <published .pth> <variants> \\
         <Replay tree> <NUAA tree> [overrides, e.g. detector.model_path=... paths.data_dir=...]
 
 A variants line is `<name> <a of stage 0> <a of stage 1> ...`; `#` starts a comment. Several fine-tuned
