@@ -12,7 +12,7 @@ from omegaconf import open_dict
 from fas.convention import ClassScheme, InputConvention
 from fas.data.datamodule import FaceDataModule, split_by_subject
 from fas.data.datasets import FaceCropDataset
-from fas.data.sample import DatasetError
+from fas.data.sample import DatasetError, Sample
 
 from conftest import celeba_datamodule
 
@@ -279,3 +279,24 @@ def test_mixed_sources_weights_and_a_held_out_source(tiny_folder: Path, tiny_dat
     assert {s.source for s in held_out.samples["test"]} == {"mine"}
     assert {s.source for s in held_out.samples["train"]} == {"celeba"}
     assert len(held_out.samples["test"]) == sum(s.source == "mine" for split in dm.samples.values() for s in split)
+
+
+def test_a_tree_of_face_crops_is_prepared_without_a_detector(tmp_path: Path) -> None:
+    from test_folder import face_crop_tree
+
+    from fas.data.loading import load_crop
+    from fas.data.sources.folder import FolderSource
+
+    root = face_crop_tree(tmp_path / "crops")
+    convention = InputConvention(input_size=32, crop_scale=1.5, crop_mode="reflect")
+    source = FolderSource(str(root), name="oulu", face_crops=True, face_crop_scale=1.2)
+    dm = FaceDataModule(
+        {"oulu": source}, BINARY, convention=convention, eval_batch_size=8, prepared_dir=str(tmp_path / "prepared")
+    )
+    dm.prepare_data()  # no detector: a face crop needs none
+    dm.setup()
+    assert len(dm.splits["test"]) == 4 and dm.skipped == {"oulu": 0}
+    records = {r.key: r for r in source.records() if isinstance(r, Sample)}
+    (_, cached), *_ = dm.splits["test"].parts
+    for index, key in enumerate(cached.keys):
+        np.testing.assert_array_equal(cached.load_crop(index), load_crop(records[key], convention))

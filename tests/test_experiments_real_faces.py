@@ -1,4 +1,5 @@
-"""experiments/real_faces/convert.py on tiny generated twins of the Replay-Attack and NUAA git mirrors.
+"""experiments/real_faces/convert.py on tiny generated twins of the git mirrors of Replay-Attack, NUAA, OULU-NPU,
+CASIA-FASD and MSU-MFSD.
 
 Each twin is a bare git repository (`git init --bare` + one commit) of small generated JPEGs laid out as in
 the real mirrors; the converted trees must be read by `FolderSource` with the expected types and subjects.
@@ -238,3 +239,104 @@ def test_unknown_layout_is_refused(convert: ModuleType, tmp_path: Path, capsys: 
     assert convert.main(["replay", "--mirror", str(mirror), "--output", str(output)]) == 2
     assert "not a Replay-Attack frame folder name" in capsys.readouterr().err
     assert not output.exists() and not (tmp_path / "replay.tmp").exists()
+
+
+OULU = "dataset_224/pr_depth_map/Oulu_NPU"
+OULU_VIDEOS = {"Train_files": ("01", "02"), "Dev_files": ("21",), "Test_files": ("36",)}  # users of each part
+
+
+def test_oulu_face_crops(convert: ModuleType, tmp_path: Path) -> None:
+    files, seed = {}, 0
+    for part, users in OULU_VIDEOS.items():
+        for user in users:
+            for kind in "12345":
+                seed += 1
+                name = f"{OULU}/{part}/crop_frame/crop_face/cropped_{1 + seed % 6}_{1 + seed % 3}_{user}_{kind}"
+                files[f"{name}.jpg"] = jpeg(seed)
+                files[f"{name}_depth.jpg"] = jpeg(1000 + seed)  # pseudo-depth maps are left out
+    files["train.py"] = b"print('code beside the data')\n"
+    mirror = bare_repo(tmp_path / "mirror", files)
+    output = tmp_path / "oulu"
+    assert convert.main(["oulu", "--mirror", str(mirror), "--output", str(output)]) == 0
+    written = files_under(output)
+    assert len(written) == 4 * 5 and not [name for name in written if "depth" in name]
+    assert "train/print/user01/3_3_01_2.jpg" in written and "val/replay/user21/4_1_21_5.jpg" in written
+    marker = json.loads((output / convert.MARKER).read_text())
+    assert marker["notes"]["depth maps left out"] == 20
+    found = list(FolderSource(str(output), face_crops=True, face_crop_scale=1.2).records())
+    samples = [r for r in found if isinstance(r, Sample)]
+    assert len(samples) == 20 and all(s.box is not None and s.box_frame == (1, 1) for s in samples)
+    assert Counter((s.split, s.spoof_type) for s in samples) == {
+        **{("train", t): n for t, n in ((0, 2), (1, 4), (7, 4))},
+        **{("val", t): n for t, n in ((0, 1), (1, 2), (7, 2))},
+        **{("test", t): n for t, n in ((0, 1), (1, 2), (7, 2))},
+    }
+    assert {s.subject for s in samples if s.split == "train"} == {"user01", "user02"}
+    assert convert.main(["oulu", "--mirror", str(mirror), "--output", str(output), "--every", "2"]) == 2
+
+
+def evaluation_mirror(folder: Path, root: str, names: dict[tuple[str, str], list[str]]) -> Path:
+    """A twin of face-antispoofing/Evaluation: `<root>/<training set|testing set>/<real|attack>/<name>` PNG frames."""
+    files = {"Results.md": b"# results\n"}
+    for seed, ((part, label), frames) in enumerate(names.items()):
+        for i, name in enumerate(frames):
+            image = np.random.default_rng(10 * seed + i).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+            files[f"{root}/{part}/{label}/{name}"] = cv2.imencode(".png", image)[1].tobytes()
+    return bare_repo(folder, files)
+
+
+def test_casia_frames(convert: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    names = {
+        ("training set", "real"): ["averaged_frame_1.avi.png", "averaged_frame_HR_1 (2).avi.png"],
+        ("training set", "attack"): ["averaged_frame_3 (2).avi.png", "averaged_frame_HR_3.avi.png"],
+        ("testing set", "real"): ["averaged_frame_2 (30).avi.png"],
+        ("testing set", "attack"): ["averaged_frame_8 (30).avi.png", "averaged_frame_HR_4.avi.png"],
+    }
+    mirror = evaluation_mirror(tmp_path / "mirror", "CASIA_dataset", names)
+    output = tmp_path / "casia"
+    assert convert.main(["casia", "--mirror", str(mirror), "--output", str(output)]) == 0
+    assert files_under(output) == [
+        "test/live/test30/test30_2.png",
+        "test/tablet/test01/test01_HR_4.png",
+        "test/tablet/test30/test30_8.png",
+        "train/live/train01/train01_1.png",
+        "train/live/train02/train02_HR_1.png",
+        "train/print/train01/train01_HR_3.png",  # a cut photo is a printed photo
+        "train/print/train02/train02_3.png",
+    ]
+    samples = records(output)
+    assert {s.subject for s in samples if s.split == "test"} == {"test01", "test30"}
+    assert Counter(s.spoof_type for s in samples) == {0: 3, 1: 2, 8: 2}
+    wrong = {("training set", "real"): ["averaged_frame_7 (4).avi.png"]}  # a replay among the real videos
+    bad_mirror = evaluation_mirror(tmp_path / "bad", "CASIA_dataset", wrong)
+    assert convert.main(["casia", "--mirror", str(bad_mirror), "--output", str(tmp_path / "bad_out")]) == 2
+    assert "video type 7 is not a real video" in capsys.readouterr().err
+
+
+def test_msu_frames(convert: ModuleType, tmp_path: Path) -> None:
+    names = {
+        ("training set", "real"): ["averaged_frame_real_client002_android_SD_scene01.mp4.png"],
+        ("training set", "attack"): [
+            f"averaged_frame_attack_client002_{camera}_SD_{attack}_scene01.mp4.png"
+            for camera in ("android", "laptop")
+            for attack in ("printed_photo", "ipad_video", "iphone_video")
+        ],
+        ("testing set", "real"): ["averaged_frame_real_client001_laptop_SD_scene01.mp4.png"],
+    }
+    mirror = evaluation_mirror(tmp_path / "mirror", "MSU_dataset", names)
+    output = tmp_path / "msu"
+    assert convert.main(["msu", "--mirror", str(mirror), "--output", str(output)]) == 0
+    assert files_under(output)[:3] == [
+        "test/live/client001/laptop_real.png",
+        "train/live/client002/android_real.png",
+        "train/phone/client002/android_iphone_video.png",
+    ]
+    samples = records(output)
+    assert Counter((s.split, s.spoof_type) for s in samples) == {
+        ("train", 0): 1,
+        ("train", 1): 2,
+        ("train", 8): 2,
+        ("train", 9): 2,
+        ("test", 0): 1,
+    }
+    assert {s.subject for s in samples} == {"client001", "client002"}

@@ -142,3 +142,51 @@ def test_image_stride_thins_each_folder_of_extracted_frames(tiny_folder: Path) -
     videos = [r for r in FolderSource(str(tiny_folder), image_stride=3).records() if r.frame is not None]
     assert len(videos) == sum(r.frame is not None for r in FolderSource(str(tiny_folder)).records())
     assert FolderSource(str(tiny_folder), image_stride=3).settings()["image_stride"] == 3
+
+
+def face_crop_tree(root: Path) -> Path:
+    """A split tree of 60x50 'face crops' (random pixels), two subjects per class, a _BB.txt beside one of them."""
+    rng = np.random.default_rng(7)
+    for split in ("train", "test"):
+        for label in ("live", "print"):
+            for subject in ("u01", "u02"):
+                folder = root / split / label / subject
+                folder.mkdir(parents=True)
+                cv2.imwrite(str(folder / "crop.png"), rng.integers(0, 256, (50, 60, 3), dtype=np.uint8))
+    (root / "test" / "live" / "u01" / "crop_BB.txt").write_text("4 5 30 20\n")
+    return root
+
+
+def test_a_tree_of_face_crops_takes_each_image_as_its_face(tmp_path: Path) -> None:
+    from fas.convention import InputConvention
+    from fas.data.loading import load_crop, pixel_box
+
+    root = face_crop_tree(tmp_path / "crops")
+    samples, bad = records(FolderSource(str(root), face_crops=True, face_crop_scale=1.25))
+    assert bad == [] and len(samples) == 8
+    given = [s for s in samples if s.box_frame is None]
+    assert [s.box for s in given] == [(4.0, 5.0, 30.0, 20.0)]  # its own _BB.txt still wins
+    for sample in samples:
+        if sample.box_frame is not None:
+            assert sample.box_frame == (1, 1)
+            assert pixel_box(sample, 60, 50) == pytest.approx((6.0, 5.0, 48.0, 40.0))  # the centred 1/1.25
+    # each convention crops about that box by its own rule: 2.7x the box does not fit, so the shift crop takes the
+    # whole 60x50 image; a 1.25x reflect crop is the 60-px square about the centre, 5 rows mirrored above and below
+    image = cv2.imread(str(samples[-1].path))
+    shift = load_crop(samples[-1], InputConvention(input_size=60, crop_scale=2.7))
+    np.testing.assert_array_equal(shift, cv2.resize(image, (60, 60))[..., ::-1])
+    reflect = load_crop(samples[-1], InputConvention(input_size=60, crop_scale=1.25, crop_mode="reflect"))
+    padded = cv2.copyMakeBorder(image, 5, 5, 0, 0, cv2.BORDER_REFLECT_101)
+    np.testing.assert_array_equal(reflect, padded[..., ::-1])
+    plain, _ = records(FolderSource(str(root)))
+    assert sum(s.box is None for s in plain) == 7  # without the setting the faces are to be detected
+    assert FolderSource(str(root), face_crops=True).settings() != FolderSource(str(root)).settings()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"face_crops": "yes"}, "give true or false"), ({"face_crops": True, "face_crop_scale": 0.5}, "a number >= 1")],
+)
+def test_face_crop_settings_are_checked(tmp_path: Path, settings: dict, message: str) -> None:
+    with pytest.raises(DatasetError, match=message):
+        FolderSource(str(tmp_path), name="oulu", **settings)

@@ -1,7 +1,6 @@
-"""Turn two public face anti-spoofing sets, kept as bare git mirrors, into fas folder trees.
+"""Turn public face anti-spoofing sets, kept as bare git mirrors, into fas folder trees.
 
-    python experiments/real_faces/convert.py replay --mirror <bare repo> --output /work/data/real/replay
-    python experiments/real_faces/convert.py nuaa --mirror <bare repo> --output /work/data/real/nuaa
+    python experiments/real_faces/convert.py <replay|nuaa|oulu|casia|msu> --mirror <bare repo> --output <tree>
 
 - `replay`: Idiap Replay-Attack as frames (github sejong-sas/face-anti-spoofing,
   `frames/replay_attack/<split>/<split>__<real|attack>__<real|fixed|hand>__<video>/frame_NNNNN.jpg`) ->
@@ -12,6 +11,20 @@
   -> `<train|test>/<live|print>/<id>/<file>` with the official split of `db/{client,imposter}_{train,test}_raw.txt`
   when those lists cover every image (entries of images not in the mirror are counted and ignored), else
   `<live|print>/<id>/<file>` unsplit.
+- `oulu`: OULU-NPU as one 224x224 face crop per video (github lintsao/FaceAntiSpoofing-ICME,
+  `dataset_224/pr_depth_map/Oulu_NPU/<Train|Dev|Test>_files/crop_frame/crop_face/cropped_<p>_<s>_<u>_<t>.jpg`
+  for phone, session, user and type; the `*_depth.jpg` pseudo-depth maps are left out) ->
+  `<train|val|test>/<live|print|replay>/user<NN>/<p>_<s>_<u>_<t>.jpg` (Dev -> val; type 1 live, 2-3 print,
+  4-5 replay on a screen). The images are face crops: read the tree with `face_crops=true` (`configs/source/folder.yaml`).
+- `casia`: CASIA-FASD as one full frame per video (github face-antispoofing/Evaluation,
+  `CASIA_dataset/<training set|testing set>/<real|attack>/averaged_frame_<type> (<subject>).avi.png`, the first
+  subject's files without ` (<subject>)`) -> `<train|test>/<live|print|tablet>/<split><NN>/<split><NN>_<type>.png`
+  (types 1, 2, HR_1 live; 3, 4, HR_2 warped and 5, 6, HR_3 cut printed photos -> print; 7, 8, HR_4 iPad replay ->
+  tablet). CASIA numbers the people of its train and test parts separately, so the subject carries its part.
+- `msu`: MSU-MFSD as one full frame per video (the same repository, `MSU_dataset/<training set|testing set>/
+  <real|attack>/averaged_frame_<real|attack>_client<NNN>_<android|laptop>_SD_[<attack>_]scene01.mp4.png`) ->
+  `<train|test>/<live|print|tablet|phone>/client<NNN>/<camera>_<attack or real>.png` (printed_photo -> print,
+  ipad_video -> tablet, iphone_video -> phone).
 
 Blobs are read with `git cat-file --batch` from the mirror's HEAD, never from the network, and written as
 plain files (no re-encoding) into `<output>.tmp`, which is renamed into place at the end. The output holds a
@@ -37,6 +50,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+DATASETS = ("replay", "nuaa", "oulu", "casia", "msu")
+THINNED = ("replay", "nuaa")  # the sets with several images a video (or subject and session) that --every thins
 MARKER = ".fas-convert.json"
 VERSION = 1
 REPLAY_ROOT = "frames/replay_attack"
@@ -53,6 +68,24 @@ NUAA_FOLDERS = {label: folder for folder, label in NUAA_CLASSES.items()}
 NUAA_LISTS = {"live": "client", "print": "imposter"}
 NUAA_SPLITS = ("train", "test")
 SUBJECT = re.compile(r"\w+")
+OULU_ROOT = "dataset_224/pr_depth_map/Oulu_NPU"
+OULU_SPLITS = {"Train_files": "train", "Dev_files": "val", "Test_files": "test"}
+OULU_TYPES = {"1": "live", "2": "print", "3": "print", "4": "replay", "5": "replay"}
+OULU_CROP = re.compile(r"cropped_(?P<phone>[1-6])_(?P<session>[1-3])_(?P<user>\d{2})_(?P<type>[1-5])\.jpg")
+EVALUATION_SPLITS = {"training set": "train", "testing set": "test"}
+CASIA_ROOT = "CASIA_dataset"
+CASIA_TYPES = {
+    **dict.fromkeys(("1", "2", "HR_1"), "live"),
+    **dict.fromkeys(("3", "4", "HR_2", "5", "6", "HR_3"), "print"),  # warped and cut printed photos
+    **dict.fromkeys(("7", "8", "HR_4"), "tablet"),  # a video replayed on an iPad
+}
+CASIA_FRAME = re.compile(r"averaged_frame_(?P<type>HR_[1-4]|[1-8])(?: \((?P<subject>\d+)\))?\.avi\.png")
+MSU_ROOT = "MSU_dataset"
+MSU_TYPES = {"": "live", "printed_photo": "print", "ipad_video": "tablet", "iphone_video": "phone"}
+MSU_FRAME = re.compile(
+    r"averaged_frame_(?P<label>real|attack)_(?P<client>client\d{3})_(?P<camera>android|laptop)_SD_"
+    r"(?:(?P<attack>printed_photo|ipad_video|iphone_video)_)?scene01\.mp4\.png"
+)
 
 
 class ConvertError(RuntimeError):
@@ -242,6 +275,66 @@ def nuaa_plan(files: dict[str, str], blobs: Blobs, every: int) -> Plan:
     )
 
 
+# --- OULU-NPU, CASIA-FASD, MSU-MFSD: one image per video ------------------------------------------
+
+
+def oulu_plan(files: dict[str, str]) -> Plan:
+    """One face crop per video; `<phone>_<session>_<user>_<type>` names the video (OULU's protocols 1-4 select
+    by phone, session and type, so the names keep all four)."""
+    items, depth_maps, others = [], 0, 0
+    for path, blob in sorted(files.items()):
+        parts = path.split("/")
+        if path.endswith("_depth.jpg"):
+            depth_maps += 1
+            continue
+        crop = OULU_CROP.fullmatch(parts[-1])
+        if len(parts) != 7 or parts[3] not in OULU_SPLITS or parts[4:6] != ["crop_frame", "crop_face"] or not crop:
+            if parts[-1].lower().endswith((".jpg", ".jpeg", ".png")):
+                expected = "<Train|Dev|Test>_files/crop_frame/crop_face/cropped_<p>_<s>_<u>_<t>.jpg"
+                raise ConvertError(f"{path}: not {expected}")
+            others += 1
+            continue
+        video = f"{crop['phone']}_{crop['session']}_{crop['user']}_{crop['type']}"
+        label, user = OULU_TYPES[crop["type"]], f"user{crop['user']}"
+        items.append(Item(blob, path, f"{OULU_SPLITS[parts[3]]}/{label}/{user}/{video}.jpg", video))
+    return Plan(items, {"depth maps left out": depth_maps, "other files skipped": others, "face crops": "yes"})
+
+
+def evaluation_frames(
+    files: dict[str, str], root: str, pattern: re.Pattern[str]
+) -> Iterable[tuple[str, str, str, re.Match]]:
+    """(path, blob, split, name match) of each frame of face-antispoofing/Evaluation's `<root>/<part>/<label>/`."""
+    for path, blob in sorted(files.items()):
+        parts = path.split("/")
+        frame = pattern.fullmatch(parts[-1]) if len(parts) == 4 else None
+        if frame is None or parts[1] not in EVALUATION_SPLITS or parts[2] not in ("real", "attack"):
+            raise ConvertError(f"{path}: not <training set|testing set>/<real|attack>/averaged_frame_... under {root}")
+        yield path, blob, EVALUATION_SPLITS[parts[1]], frame
+
+
+def casia_plan(files: dict[str, str]) -> Plan:
+    items = []
+    for path, blob, split, frame in evaluation_frames(files, CASIA_ROOT, CASIA_FRAME):
+        label = CASIA_TYPES[frame["type"]]
+        if (label == "live") != (path.split("/")[2] == "real"):
+            raise ConvertError(f"{path}: video type {frame['type']} is not a {path.split('/')[2]} video of CASIA-FASD")
+        subject = f"{split}{int(frame['subject'] or 1):02d}"  # the first subject's files carry no number
+        video = f"{subject}_{frame['type']}"
+        items.append(Item(blob, path, f"{split}/{label}/{subject}/{video}.png", video))
+    return Plan(items, {"subjects": "numbered per part (train01-20, test01-30: different people)"})
+
+
+def msu_plan(files: dict[str, str]) -> Plan:
+    items = []
+    for path, blob, split, frame in evaluation_frames(files, MSU_ROOT, MSU_FRAME):
+        if (frame["label"] == "real") != (frame["attack"] is None) or frame["label"] != path.split("/")[2]:
+            raise ConvertError(f"{path}: its folder, its label and its attack name disagree")
+        label = MSU_TYPES[frame["attack"] or ""]
+        video = f"{frame['camera']}_{frame['attack'] or 'real'}"
+        items.append(Item(blob, path, f"{split}/{label}/{frame['client']}/{video}.png", f"{frame['client']}_{video}"))
+    return Plan(items, {})
+
+
 # --- writing the tree ----------------------------------------------------------------------------
 
 
@@ -281,7 +374,8 @@ def count(items: Iterable[Item]) -> list[dict[str, int | str]]:
         subjects.setdefault((split, label), set()).add(subject)
         if item.video:
             videos.setdefault((split, label), set()).add(item.video)
-    order = {name: i for i, name in enumerate(("train", "val", "test", "all", "live", "print", "phone", "tablet"))}
+    labels = ("live", "print", "replay", "phone", "tablet")
+    order = {name: i for i, name in enumerate(("train", "val", "test", "all", *labels))}
     rows = []
     for split, label in sorted(images, key=lambda key: (order.get(key[0], 9), order.get(key[1], 9), key)):
         row: dict[str, int | str] = {"split": split, "label": label, "images": images[split, label]}
@@ -355,8 +449,13 @@ def build(
     with Blobs(mirror) as blobs:
         if dataset == "replay":
             plan = replay_plan(list_files(mirror, commit, REPLAY_ROOT), every)
-        else:
+        elif dataset == "nuaa":
             plan = nuaa_plan(list_files(mirror, commit, NUAA_ROOT), blobs, every)
+        elif dataset == "oulu":
+            plan = oulu_plan(list_files(mirror, commit, OULU_ROOT))
+        else:
+            prefix, make_plan = (CASIA_ROOT, casia_plan) if dataset == "casia" else (MSU_ROOT, msu_plan)
+            plan = make_plan(list_files(mirror, commit, prefix))
         if not plan.items:
             raise ConvertError(f"{mirror}: no {dataset} images found at {commit}")
         return (plan, *write_items(plan.items, blobs, root, check))
@@ -366,6 +465,8 @@ def convert(dataset: str, mirror: Path, output: Path, every: int, check: bool = 
     """Convert `dataset` from `mirror` into `output` (see the module docstring); returns the marker written."""
     if every < 1:
         raise ConvertError("--every must be 1 or more")
+    if every != 1 and dataset not in THINNED:
+        raise ConvertError(f"--every thins replay's frames and nuaa's photos; {dataset} has one image a video")
     if not is_ours_or_empty(output):
         raise ConvertError(f"{output} is not empty and was not made by this converter ({MARKER} missing); refusing")
     commit = head_commit(mirror)
@@ -390,10 +491,12 @@ def convert(dataset: str, mirror: Path, output: Path, every: int, check: bool = 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset", choices=("replay", "nuaa"))
+    parser.add_argument("dataset", choices=DATASETS)
     parser.add_argument("--mirror", type=Path, required=True, help="the bare git mirror of the dataset")
     parser.add_argument("--output", type=Path, required=True, help="the folder tree to write")
-    parser.add_argument("--every", type=int, default=1, help="keep every N-th frame (replay) or photo (nuaa)")
+    parser.add_argument(
+        "--every", type=int, default=1, help="keep every N-th frame (replay) or photo (nuaa); 1 for the others"
+    )
     parser.add_argument("--no-check", dest="check", action="store_false", help="do not decode the images")
     return parser.parse_args(argv)
 

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from fas.data.sample import BadSample, DatasetError, Sample, label_table
 from fas.media import MediaError, frame_count, sampled_frames
 
+FACE_CROP_FRAME = (1, 1)  # a face crop's box is given as a fraction of the image (`Sample.box_frame`)
 LEAVES_ROOT = "a link to a file outside the data folder; fas reads only files inside it (copy the file in)"
 
 
@@ -93,7 +94,14 @@ class Source(ABC):
 class MediaSource(Source):
     """Photos and videos listed by a folder tree or a manifest: label names, video frame sampling, and a
     packed cache the datamodule prepares itself (`cache: auto` puts it under `<data_dir>/prepared/`), so
-    the faces of records without a box are detected once."""
+    the faces of records without a box are detected once.
+
+    With `face_crops` the images (and video frames) are faces already cropped, as many public copies of PAD
+    sets keep them: a record without a box of its own gets the image's centred 1 / `face_crop_scale` part as
+    its face box, and nothing is detected. `face_crop_scale` is how much larger than the face the crops were cut
+    (1: the image is the face box), so each model's crop rule (its scale about the box, its padding where the
+    crop leaves the image) applies to the face as it would on a full frame.
+    """
 
     prepared_by_datamodule = True
 
@@ -106,21 +114,42 @@ class MediaSource(Source):
         frame_stride: int | None = None,
         weight: float = 1.0,
         cache: str | None = None,
+        face_crops: bool = False,
+        face_crop_scale: float = 1.0,
     ) -> None:
         super().__init__(name, root, weight, "auto" if cache in (None, "auto") else Path(cache))
         self.labels = dict(labels or {})
         self.table = label_table(self.labels, f"data.sources.{name}")
         self.frames_per_video = positive_or_none(frames_per_video, f"data.sources.{name}.frames_per_video")
         self.frame_stride = positive_or_none(frame_stride, f"data.sources.{name}.frame_stride")
+        if not isinstance(face_crops, bool):
+            raise DatasetError(f"data.sources.{name}.face_crops={face_crops!r}: give true or false")
+        if isinstance(face_crop_scale, bool) or not isinstance(face_crop_scale, int | float) or face_crop_scale < 1:
+            raise DatasetError(
+                f"data.sources.{name}.face_crop_scale={face_crop_scale!r}: give how many times larger than the face "
+                "the crops were cut, a number >= 1 (1: the image is the face box)"
+            )
+        self.face_crops = face_crops
+        self.face_crop_scale = float(face_crop_scale)
 
     def settings(self) -> dict[str, Any]:
+        crops = {"face_crops": True, "face_crop_scale": self.face_crop_scale} if self.face_crops else {}
         return {
             "kind": self.kind,
             "root": str(Path(self.root).resolve()),
             "labels": {key: int(value) for key, value in sorted(self.table.items())},
             "frames_per_video": self.frames_per_video,
             "frame_stride": self.frame_stride,
+            **crops,
         }
+
+    def default_box(self) -> dict[str, Any]:
+        """The box fields of a record that gives no box: the face crop's centred part (a box in a 1x1 frame,
+        scaled to each image) with `face_crops`, else none (the face is detected)."""
+        if not self.face_crops:
+            return {"box": None}
+        side = 1.0 / self.face_crop_scale
+        return {"box": ((1.0 - side) / 2, (1.0 - side) / 2, side, side), "box_frame": FACE_CROP_FRAME}
 
     def video_records(self, path: Path, key: str, box: tuple | None, **fields: Any) -> Iterator[Sample | BadSample]:
         """A video's sampled frames as records (one BadSample when it cannot be opened); `fields` are the
@@ -130,5 +159,6 @@ class MediaSource(Source):
         except MediaError as error:
             yield BadSample(path, error.reason, key, fields["split"], fields["spoof_type"])
             return
+        boxes = {"box": box} if box is not None else self.default_box()
         for frame in frames:
-            yield Sample(path=path, frame=frame, box=box, key=f"{key}#{frame}", source=self.name, **fields)
+            yield Sample(path=path, frame=frame, key=f"{key}#{frame}", source=self.name, **boxes, **fields)

@@ -9,7 +9,8 @@ plus the source's `labels`); a folder that maps to nothing is an error naming it
 Its subject is `subject_regex`'s first group on its path when set, else the first folder below its
 label folder, else the file itself (a video is always at least its own subject), so validation never
 shares a video, or a person, with training. An image's face box is its `<name>_BB.txt` (`x y w h`
-in pixels) when there is one; otherwise `fas.data.prepare` detects it. Videos become
+in pixels) when there is one; otherwise `fas.data.prepare` detects it, or, with `face_crops` (a tree of face
+crops), it is the image's centred part (`MediaSource`). Videos become
 `frames_per_video` evenly spaced frames, or every `frame_stride`-th.
 """
 
@@ -43,10 +44,14 @@ class FolderSource(MediaSource):
         weight: float = 1.0,
         cache: str | None = None,
         image_stride: int | None = None,
+        face_crops: bool = False,
+        face_crop_scale: float = 1.0,
     ) -> None:
         if root is None:
             raise DatasetError(f"the root of data source '{name}' is not set: pass data.root=/path/to/your/folder")
-        super().__init__(name, Path(root), labels, frames_per_video, frame_stride, weight, cache)
+        super().__init__(
+            name, Path(root), labels, frames_per_video, frame_stride, weight, cache, face_crops, face_crop_scale
+        )
         self.image_stride = positive_or_none(image_stride, f"data.sources.{name}.image_stride")
         self.subject_regex = subject_regex
         self.subject_pattern = re.compile(subject_regex) if subject_regex else None
@@ -154,14 +159,14 @@ class FolderSource(MediaSource):
         if is_video_file(path):
             yield from self.video_records(path, key, None, **fields)
             return
-        box = None
+        boxes = self.default_box()
         if bb_path(path).is_file():
             try:
-                box = read_box_file(bb_path(path))
+                boxes = {"box": read_box_file(bb_path(path))}
             except SampleError as error:
                 yield BadSample(error.path, error.reason, key, split, spoof_type)
                 return
-        yield Sample(path=path, frame=None, box=box, key=key, source=self.name, **fields)
+        yield Sample(path=path, frame=None, key=key, source=self.name, **boxes, **fields)
 
 
 def split_of(relative: Path) -> str | None:

@@ -11,9 +11,9 @@ or name) are required; `subject`, `split` (train, val, test), `box` (`x y w h` i
 as stored, or `x`, `y`, `w`, `h` columns) and `frame` (one frame of a video) are optional. A video row
 without `frame` becomes `frames_per_video` evenly spaced frames (or every `frame_stride`-th). A row
 without a subject is its own subject (a video's frames share it). A row without a box has its face
-detected by `fas.data.prepare`. JSON Lines hold one object per line with the same keys (`box` may be
-a list). Every row that points nowhere, outside the folder, or holds a malformed value is listed by
-its line number, never dropped.
+detected by `fas.data.prepare`, or, with `face_crops` (the images are face crops), the image's centred
+part. JSON Lines hold one object per line with the same keys (`box` may be a list). Every row that points
+nowhere, outside the folder, or holds a malformed value is listed by its line number, never dropped.
 """
 
 from __future__ import annotations
@@ -58,12 +58,16 @@ class ManifestSource(MediaSource):
         frame_stride: int | None = None,
         weight: float = 1.0,
         cache: str | None = None,
+        face_crops: bool = False,
+        face_crop_scale: float = 1.0,
     ) -> None:
         if manifest is None:
             raise DatasetError(f"the manifest of data source '{name}' is not set: pass data.manifest=/path/to/list.csv")
         self.manifest = Path(manifest)
         folder = Path(root) if root is not None else self.manifest.parent
-        super().__init__(name, folder, labels, frames_per_video, frame_stride, weight, cache)
+        super().__init__(
+            name, folder, labels, frames_per_video, frame_stride, weight, cache, face_crops, face_crop_scale
+        )
 
     def prepare(self) -> None:
         if not self.manifest.is_file():
@@ -182,10 +186,11 @@ class ManifestSource(MediaSource):
             )
             yield BadSample(path, reason, key, split, spoof_type)
             return
+        boxes = {"box": box} if box is not None else self.default_box()
         if not is_video_file(path):
-            yield Sample(path=path, frame=None, box=box, key=key, source=self.name, **fields)
+            yield Sample(path=path, frame=None, key=key, source=self.name, **boxes, **fields)
         elif frame is not None:
-            yield Sample(path=path, frame=frame, box=box, key=f"{key}#{frame}", source=self.name, **fields)
+            yield Sample(path=path, frame=frame, key=f"{key}#{frame}", source=self.name, **boxes, **fields)
         else:
             yield from self.video_records(path, key, box, **fields)
 
