@@ -138,12 +138,16 @@ def unique_names(paths: Sequence[str | Path]) -> list[str]:
     return [f"{name} #{i + 1}" for i, name in enumerate(names)]
 
 
-def flat_metrics(evaluations: Sequence[ModelEvaluation], split: str) -> dict[str, float | None]:
-    """`<split>/<metric>` for one model, `<model>/<split>/<metric>` for several: metrics.json's `metrics` and
-    the logged scalars (what sweep summaries and dashboards read)."""
+def flat_metrics(
+    evaluations: Sequence[ModelEvaluation], split: str, scopes: Sequence[str] | None = None
+) -> dict[str, float | None]:
+    """`<split>/<metric>` for one model, `<model>/<split>/<metric>` for several (or `<scope>/<metric>` with each
+    model's `scopes`, e.g. `test` and `int8/test`): metrics.json's `metrics` and the logged scalars (what sweep
+    summaries and dashboards read)."""
     flat = {}
-    for e in evaluations:
-        scope = split if len(evaluations) == 1 else f"{e.name}/{split}"
+    if scopes is None:
+        scopes = [split] if len(evaluations) == 1 else [f"{e.name}/{split}" for e in evaluations]
+    for e, scope in zip(evaluations, scopes, strict=True):
         flat.update({f"{scope}/{key}": value for key, value in e.result.metrics.items()})
         for source, result in e.per_source.items():
             flat.update({f"{scope}/{source}/{key}": result.metrics[key] for key in SOURCE_KEYS})
@@ -155,12 +159,14 @@ def write_report(
     evaluations: Sequence[ModelEvaluation],
     split: str,
     extra_metrics: dict[str, float] | None = None,
+    metric_scopes: Sequence[str] | None = None,
     **context: Any,
 ) -> ReportFiles:
     """Write metrics.json, report.md, report.html and plots/*.png under `report_dir`.
 
     metrics.json holds `metrics` (flat, see `flat_metrics`, plus `extra_metrics` such as the monitored
-    validation score) and `models` (everything per model). `context` (e.g. data root) is recorded at the top.
+    validation score; `metric_scopes` names each model's keys) and `models` (everything per model). `context`
+    (e.g. data root) is recorded at the top.
     """
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -173,7 +179,7 @@ def write_report(
     payload = {
         "format": REPORT_FORMAT,
         **context,
-        "metrics": {**flat_metrics(evaluations, split), **(extra_metrics or {})},
+        "metrics": {**flat_metrics(evaluations, split, metric_scopes), **(extra_metrics or {})},
         "models": [e.to_dict() for e in evaluations],
     }
     metrics_path = report_dir / "metrics.json"

@@ -44,16 +44,32 @@ def _job_order(job_dir: Path) -> tuple[int, str]:
     return (int(job_dir.name), "") if job_dir.name.isdigit() else (1 << 30, job_dir.name)
 
 
-def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> tuple[Path, Path]:
-    """Write `summary.csv` and `summary.md` into the sweep directory."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+def write_summary(
+    sweep_dir: Path, rows: list[dict[str, Any]], columns: dict[str, str] | None = None
+) -> tuple[Path, Path]:
+    """Write `summary.csv` (every metric of every job) and `summary.md` into the sweep directory.
+
+    With `columns` (metric key -> column title) summary.md shows only those metrics, and a last row with their
+    mean over the jobs that ran (e.g. the mean HTER of a leave-one-out protocol); otherwise all of them.
+    """
+    every = list(dict.fromkeys(key for row in rows for key in row))
     csv_path, md_path = sweep_dir / "summary.csv", sweep_dir / "summary.md"
     with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer = csv.DictWriter(handle, fieldnames=every)
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
+    shown = ["job", "overrides", "status", *columns] if columns else every
+    titles = [columns.get(key, key) for key in shown] if columns else shown
+    table = list(rows)
+    if columns:
+        finished = [row for row in rows if row.get("status") == "ok"]
+        mean = {"job": "mean", "overrides": f"{len(finished)} job(s)"}
+        for key in columns:
+            values = [row[key] for row in finished if isinstance(row.get(key), int | float)]
+            mean[key] = sum(values) / len(values) if values and len(values) == len(finished) else None
+        table.append(mean)
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in shown) + " |" for row in table]
     md_path.write_text("\n".join(lines) + "\n")
     return csv_path, md_path
 
@@ -65,7 +81,11 @@ def _cell(value: Any) -> str:
 
 
 class SweepSummary(Callback):
-    """At the end of `python train.py -m ...`, write the sweep's summary table next to its jobs."""
+    """At the end of `python train.py -m ...`, write the sweep's summary table next to its jobs; `columns`
+    (metric key -> title, e.g. `configs/experiment/cross_dataset.yaml`'s) chooses what summary.md shows."""
+
+    def __init__(self, columns: dict[str, str] | None = None) -> None:
+        self.columns = dict(columns) if columns else None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -73,5 +93,5 @@ class SweepSummary(Callback):
         if not rows:
             log.warning("No jobs found under %s; no sweep summary written", sweep_dir)
             return
-        csv_path, md_path = write_summary(sweep_dir, rows)
+        csv_path, md_path = write_summary(sweep_dir, rows, self.columns)
         log.info("Sweep summary (%d jobs): %s\n%s", len(rows), csv_path, md_path.read_text())

@@ -18,15 +18,18 @@ from fas.data.datamodule import FaceDataModule, datamodule_for, instantiate_data
 from fas.detect import detector_factory
 from fas.download import resolve_model_file
 from fas.errors import ConfigError
+from fas.evaluate import score_loader
 from fas.export.callback import ModelExport
 from fas.finetune import PretrainedAnchor
 from fas.hydra_utils import check_config, close_loggers, instantiate_group, register_resolvers, silence_library_noise
+from fas.inference.backends import load_backend
 from fas.loggers import ContinuingCSVLogger
 from fas.media import set_max_pixels
+from fas.metrics import pad_metrics, pad_metrics_per_source
 from fas.models.checkpoint import check_resume_checkpoint
 from fas.models.pretrained import load_pretrained
 from fas.module import LivenessModule
-from fas.report import ModelEvaluation, log_to_wandb, write_report
+from fas.report import ModelEvaluation, flat_metrics, log_to_wandb, write_report
 
 log = logging.getLogger(__name__)
 
@@ -117,18 +120,25 @@ def fit_test_and_report(
     info = ModelInfo(model.convention, model.class_scheme, cfg.model.backbone)
     name = Path(best).name if best else "final weights"
     evaluation = ModelEvaluation(name, best, info, model.threshold, scores, result, per_source, datamodule.describe())
+    evaluations = [evaluation, *int8_evaluation(trainer, model, datamodule)]
+    scopes = ["test", "int8/test"][: len(evaluations)]
+    int8_metrics = {k: v for k, v in flat_metrics(evaluations, "test", scopes).items() if k.startswith("int8/")}
+    metrics.update({k: v for k, v in int8_metrics.items() if v is not None})
     anchor = next((c for c in trainer.callbacks if isinstance(c, PretrainedAnchor) and c.moved), None)
     context, finetune_metrics = finetune_summary(anchor) if anchor is not None else ({}, {})
     extra_metrics = {**validation, **finetune_metrics}
     report = write_report(
         output_dir / "report",
-        [evaluation],
+        evaluations,
         split="test",
         extra_metrics=extra_metrics,
+        metric_scopes=scopes,
         data_root=datamodule.describe(),
         **context,
     )
-    log_to_wandb(trainer.loggers, [evaluation], report, prefix="test")
+    log_to_wandb(trainer.loggers, evaluations, report, prefix="test")
+    for logger in trainer.loggers:
+        logger.log_metrics({k: v for k, v in int8_metrics.items() if v is not None})
     log.info("Test metrics: %s", {k: round(float(v), 4) for k, v in metrics.items()})
     log.info("Run directory: %s", output_dir)
     log.info("Best checkpoint: %s%s", best or "none (no ModelCheckpoint callback)", resumed_note(best, output_dir))
@@ -137,6 +147,25 @@ def fit_test_and_report(
         if isinstance(callback, ModelExport) and callback.result is not None:
             log.info("Export: %s", callback.result.summary())
     return value, metrics
+
+
+def int8_evaluation(trainer: L.Trainer, model: LivenessModule, datamodule: FaceDataModule) -> list[ModelEvaluation]:
+    """The INT8 export scored on the same test crops at the checkpoint's threshold (what ships, measured as the
+    checkpoint is), as a one-item list; empty when no INT8 file was exported."""
+    export = next((c for c in trainer.callbacks if isinstance(c, ModelExport) and c.result is not None), None)
+    if export is None or export.result.int8 is None:
+        return []
+    path = export.result.int8
+    backend = load_backend(path)
+    scores = score_loader(backend, datamodule.test_dataloader(), f"{path.name} test")
+    attack_types = model.attack_types
+    result = pad_metrics(scores, model.threshold.value, attack_types)
+    per_source = pad_metrics_per_source(scores, model.threshold.value, attack_types, datamodule.source_names)
+    return [
+        ModelEvaluation(
+            path.name, str(path), backend.info, model.threshold, scores, result, per_source, datamodule.describe()
+        )
+    ]
 
 
 def attach_keep_data(cfg: DictConfig, callbacks: list[Callback], datamodule: FaceDataModule) -> None:

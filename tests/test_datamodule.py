@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -300,3 +301,86 @@ def test_a_tree_of_face_crops_is_prepared_without_a_detector(tmp_path: Path) -> 
     (_, cached), *_ = dm.splits["test"].parts
     for index, key in enumerate(cached.keys):
         np.testing.assert_array_equal(cached.load_crop(index), load_crop(records[key], convention))
+
+
+def test_balanced_sources_draw_an_equal_share_of_each_sources_live_and_spoof_part(
+    tiny_folder: Path, tiny_data: Path, tmp_path: Path, reference_dir: Path
+) -> None:
+    """balance=source_class: each (source, live or spoof) group is a quarter of the draws, whatever its size;
+    epoch_size sets the draws, and a sample drawn twice gets two augmentation seeds."""
+    from fas.data.sources.celeba_spoof import CelebASpoofSource
+    from fas.data.sources.folder import FolderSource
+
+    sources = {"celeba": CelebASpoofSource(str(tiny_data)), "mine": FolderSource(str(tiny_folder))}
+    dm = folder_datamodule(
+        tiny_folder, tmp_path, reference_dir, sources=sources, balance="source_class", epoch_size=500
+    )
+    train = dm.samples["train"]
+    sizes = Counter((s.source, s.target) for s in train)
+    assert len(sizes) == 4 and len(set(sizes.values())) > 1  # unequal groups, to be evened out
+    weights = dm.sample_weights()
+    for group, size in sizes.items():  # hand-computed: weight 1 / group size, summing to 1 per group
+        assert sum(w for s, w in zip(train, weights, strict=True) if (s.source, s.target) == group) == pytest.approx(1)
+        assert {w for s, w in zip(train, weights, strict=True) if (s.source, s.target) == group} == {1 / size}
+    sampler = dm.train_dataloader().sampler
+    assert len(sampler) == 500
+    draws = []
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        draws += list(sampler)
+    drawn = Counter((train[index].source, train[index].target) for index, _ in draws)
+    assert all(abs(count / len(draws) - 0.25) < 0.04 for count in drawn.values()), drawn
+    seeds_of = {}
+    for index, seed in draws[:500]:
+        seeds_of.setdefault(index, set()).add(seed)
+    repeated = [seeds for index, seeds in seeds_of.items() if sum(i == index for i, _ in draws[:500]) > 1]
+    assert repeated and all(len(seeds) > 1 for seeds in repeated)
+
+    by_source = FaceDataModule(sources, BINARY, balance="source")
+    by_source.samples = dm.samples
+    counts = Counter(s.source for s in train)
+    assert by_source.sample_weights() == [1 / counts[s.source] for s in train]
+    assert FaceDataModule(sources, BINARY).sample_weights() is None  # nothing set up: nothing to weigh
+
+
+def test_leave_one_out_reads_only_the_groups_other_members(tmp_path: Path, tiny_data: Path) -> None:
+    """Holding out a member of `leave_one_out` trains on the group's others; a source outside it is never read
+    (here a folder that does not exist), and holding out no member trains on every other source."""
+    from fas.data.datamodule import used_sources
+    from fas.data.sources.celeba_spoof import CelebASpoofSource
+    from fas.data.sources.folder import FolderSource
+
+    group = ["oulu", "casia", "replay", "msu"]
+    names = [*group, "nuaa"]
+    assert used_sources(names, "casia", group) == group
+    assert used_sources(names, "nuaa", group) == names
+    assert used_sources(names, None, group) == names
+    assert used_sources(names, "casia", None) == names
+    sources = {
+        "a": CelebASpoofSource(str(tiny_data)),
+        "b": CelebASpoofSource(str(tiny_data)),
+        "outside": FolderSource(str(tmp_path / "missing")),
+    }
+    dm = FaceDataModule(sources, BINARY, held_out="a", leave_one_out=["a", "b"], convention=InputConvention(32))
+    dm.prepare_data()
+    dm.setup()
+    assert dm.source_names == ["a", "b"]
+    assert {s.source for s in dm.samples["test"]} == {"a"} and {s.source for s in dm.samples["train"]} == {"b"}
+    with pytest.raises(DatasetError, match="missing"):
+        FaceDataModule(sources, BINARY, held_out="outside", leave_one_out=["a", "b"]).prepare_data()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"balance": "domains"}, r"data.balance='domains': choose one of none, source, source_class"),
+        ({"epoch_size": 0}, r"data.epoch_size=0: give a positive whole number"),
+        ({"leave_one_out": ["a", "x"]}, r"data.leave_one_out names x, not among the sources: a"),
+    ],
+)
+def test_balance_settings_are_checked(tiny_data: Path, settings: dict, message: str) -> None:
+    from fas.data.sources.celeba_spoof import CelebASpoofSource
+    from fas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        FaceDataModule({"a": CelebASpoofSource(str(tiny_data))}, BINARY, **settings)

@@ -431,3 +431,31 @@ def test_fusing_a_file_that_is_not_evaluated_is_one_line() -> None:
         fused_groups([["a.onnx", "c.onnx"]], ["a.onnx", "b.onnx"])
     with pytest.raises(ConfigError, match="groups of 2"):
         fused_groups([["a.onnx"]], ["a.onnx"])
+
+
+def test_attacks_of_unknown_type_are_scored_by_a_model_without_a_class_for_them(
+    reference_dir: Path, tiny_folder: Path, tmp_path: Path
+) -> None:
+    """Silent-Face's print / live / replay model on live photos and a bare spoof/ folder: its live-vs-spoof
+    score (1 - p(live)) covers every attack, so no metric is left undefined."""
+    import shutil
+
+    root = tmp_path / "photos"
+    shutil.copytree(tiny_folder / "test" / "live", root / "live")
+    shutil.copytree(tiny_folder / "test" / "spoof" / "s05", root / "spoof" / "s05")
+    yunet = reference_dir / "yunet/face_detection_yunet_2023mar.onnx"
+    overrides = [
+        f"ckpt_path={reference_dir / 'silentface' / '2.7_80x80_MiniFASNetV2.pth'}",
+        "data=folder",
+        f"data.root={root}",
+        "data.unsplit=test",
+        "data.num_workers=0",
+        f"detector.model_path={yunet}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "threshold.rule=fixed",
+        "threshold.value=0.5",
+    ]
+    (model,) = json.loads(evaluate(compose_evaluate(overrides, tmp_path)).metrics.read_text())["models"]
+    assert model["class_scheme"] == "silentface3"
+    assert model["counts"]["spoof"] > 0 and model["counts"]["live"] > 0  # the attacks were dropped before
+    assert 0.0 <= model["metrics"]["auroc"] <= 1.0 and model["apcer_per_type"]["unknown"] is not None

@@ -164,3 +164,24 @@ def test_published_weights_export_with_their_own_convention(reference_dir: Path,
     assert (info.convention.input_size, info.convention.crop_scale, info.convention.crop_mode) == (128, 1.5, "reflect")
     assert info.class_scheme.class_names == ("live", "spoof") and info.class_scheme.real_class_index == 0
     assert result.report["fp32"]["max_abs_logit_diff_vs_pytorch"] <= 1e-4
+
+
+def test_the_training_report_scores_the_int8_export_as_evaluate_does(
+    trained: tuple[Path, list[str]], tiny_data: Path, tmp_path: Path
+) -> None:
+    """train's report has the INT8 file beside the checkpoint (`int8/test/*`, at the checkpoint's threshold),
+    with the figures `evaluate.py` gives that file on the same test split."""
+    from fas.evaluate import evaluate
+
+    run_dir, _ = trained
+    report = json.loads((run_dir / "report" / "metrics.json").read_text())
+    checkpoint, int8 = report["models"]
+    assert int8["name"] == "model_int8.onnx" and int8["counts"] == checkpoint["counts"]
+    assert int8["threshold_choice"] == checkpoint["threshold_choice"]
+    metrics = report["metrics"]
+    assert metrics["int8/test/auroc"] == int8["metrics"]["auroc"] and "test/auroc" in metrics
+    overrides = [f"ckpt_path={run_dir / 'export' / 'model_int8.onnx'}", "data=celeba_spoof", f"data.root={tiny_data}"]
+    files = evaluate(compose_config("evaluate", [*overrides, "data.num_workers=0"], tmp_path))
+    (evaluated,) = json.loads(files.metrics.read_text())["models"]
+    for key in ("auroc", "eer", "hter", "tpr_at_fpr_1e-2"):
+        assert metrics[f"int8/test/{key}"] == pytest.approx(evaluated["metrics"][key], abs=1e-9), key

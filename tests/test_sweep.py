@@ -95,6 +95,22 @@ def test_summary_marks_failed_jobs(tmp_path: Path) -> None:
     assert "| 1 | b=2 | failed (no report/metrics.json) |  |" in md.read_text()
 
 
+def test_summary_columns_and_their_mean(tmp_path: Path) -> None:
+    """`columns` (as configs/experiment/cross_dataset.yaml sets them): summary.md shows those metrics under their
+    titles and a mean row over the jobs that ran; summary.csv keeps every metric."""
+    rows = [
+        {"job": "0", "overrides": "data.held_out=oulu", "status": "ok", "test/auroc": 0.9, "test/eer": 0.1, "x": 1.0},
+        {"job": "1", "overrides": "data.held_out=msu", "status": "ok", "test/auroc": 0.7, "test/eer": 0.3, "x": 2.0},
+        {"job": "2", "overrides": "data.held_out=casia", "status": "failed (no report/metrics.json)"},
+    ]
+    csv_path, md_path = write_summary(tmp_path, rows, {"test/auroc": "ROC-AUC", "test/eer": "HTER at test EER"})
+    lines = md_path.read_text().splitlines()
+    assert lines[0] == "| job | overrides | status | ROC-AUC | HTER at test EER |"
+    assert lines[2] == "| 0 | data.held_out=oulu | ok | 0.9000 | 0.1000 |"
+    assert lines[-1] == "| mean | 2 job(s) |  | 0.8000 | 0.2000 |"
+    assert list(csv.DictReader(csv_path.open()))[1]["x"] == "2.0"
+
+
 @pytest.mark.slow
 def test_leave_one_dataset_out_is_a_multirun(tiny_data: Path, tiny_folder: Path, reference_dir: Path, tmp_path: Path):
     """Train on every source but one, test on that one: one job per held-out source, the summary its table."""
@@ -119,3 +135,42 @@ def test_leave_one_dataset_out_is_a_multirun(tiny_data: Path, tiny_folder: Path,
         log = (summary.parent / str(index) / "train.log").read_text()
         other = "folder" if held_out == "celeba_spoof" else "celeba_spoof"
         assert f"{other}: its " in log and f"held_out={held_out} is the test data" in log
+
+
+@pytest.mark.slow
+def test_the_cross_dataset_protocol_is_one_multirun(tiny_folder: Path, reference_dir: Path, tmp_path: Path) -> None:
+    """experiment=cross_dataset_scratch on five generated trees named as the public sets (oulu as face crops):
+    holding out CASIA trains on OULU, Replay and MSU and tests CASIA whole, NUAA unread; holding out NUAA trains
+    on the four; summary.md is the protocol's table, FP32 and INT8, with its mean row."""
+    import shutil
+
+    from test_folder import face_crop_tree
+
+    trees = tmp_path / "trees"
+    face_crop_tree(trees / "oulu")
+    for name in ("casia", "replay", "msu", "nuaa"):
+        shutil.copytree(tiny_folder, trees / name, ignore=shutil.ignore_patterns("manifest*"))
+    yunet = reference_dir / "yunet/face_detection_yunet_2023mar.onnx"
+    command = [
+        sys.executable, str(REPO_ROOT / "train.py"), "-m", "experiment=cross_dataset_scratch", f"data.root={trees}",
+        "data.held_out=casia,nuaa", "convention.input_size=32", "data.epoch_size=32", "data.batch_size=8",
+        "data.num_workers=0", "trainer.max_epochs=1", "+trainer.enable_progress_bar=false",
+        f"detector.model_path={yunet}", f"paths.data_dir={tmp_path / 'data'}", "data.skip_bad_samples=true",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep_dir,) = tmp_path.glob("logs/cross_dataset_scratch/multiruns/*")
+    table = (sweep_dir / "summary.md").read_text().splitlines()
+    assert table[0].startswith("| job | overrides | status | ROC-AUC | HTER (recorded threshold) | HTER at test EER")
+    assert "INT8 ROC-AUC" in table[0] and table[-1].startswith("| mean | 2 job(s) |")
+    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    assert [r["overrides"] for r in rows] == ["data.held_out=casia", "data.held_out=nuaa"]
+    assert all(0 <= float(r["int8/test/auroc"]) <= 1 for r in rows)
+    for job, held_out, trained_on in (("0", "casia", "oulu, replay, msu"), ("1", "nuaa", "oulu, casia, replay, msu")):
+        report = json.loads((sweep_dir / job / "report" / "metrics.json").read_text())
+        model = report["models"][0]
+        assert set(model["per_source"]) <= {held_out} and model["counts"]["spoof"] > 0
+        used = [part.split(" (")[0] for part in report["data_root"].split(", ")]
+        assert sorted(used) == sorted([*trained_on.split(", "), held_out])
+        log = (sweep_dir / job / "cross_dataset_scratch.log").read_text()
+        assert ("Holding casia out; not reading nuaa" in log) == (held_out == "casia")

@@ -15,7 +15,8 @@
   `dataset_224/pr_depth_map/Oulu_NPU/<Train|Dev|Test>_files/crop_frame/crop_face/cropped_<p>_<s>_<u>_<t>.jpg`
   for phone, session, user and type; the `*_depth.jpg` pseudo-depth maps are left out) ->
   `<train|val|test>/<live|print|replay>/user<NN>/<p>_<s>_<u>_<t>.jpg` (Dev -> val; type 1 live, 2-3 print,
-  4-5 replay on a screen). The images are face crops: read the tree with `face_crops=true` (`configs/source/folder.yaml`).
+  4-5 replay on a screen). The images are face crops: read the tree with `face_crops=true`
+  (`configs/source/folder.yaml`).
 - `casia`: CASIA-FASD as one full frame per video (github face-antispoofing/Evaluation,
   `CASIA_dataset/<training set|testing set>/<real|attack>/averaged_frame_<type> (<subject>).avi.png`, the first
   subject's files without ` (<subject>)`) -> `<train|test>/<live|print|tablet>/<split><NN>/<split><NN>_<type>.png`

@@ -11,10 +11,12 @@ prepares itself so faces are detected and videos decoded once. Every crop is mad
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import shutil
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ from fas.data.datasets import (
 from fas.data.image_check import check_images
 from fas.data.loading import box_problem, pixel_box
 from fas.data.prepare import prepare
-from fas.data.sample import BadSample, DatasetError, Sample, with_targets
+from fas.data.sample import UNKNOWN_ATTACK, BadSample, DatasetError, Sample, with_targets
 from fas.data.sources import Source
 from fas.detect import detector_factory
 from fas.download import cache_dir
@@ -48,6 +50,9 @@ from fas.errors import ConfigError
 log = logging.getLogger(__name__)
 
 UNSPLIT_RULES = ("split", "test")
+# How training draws from several sources: `none` in proportion to size x weight, `source` an equal share of each
+# source, `source_class` an equal share of each source's live and of its spoof samples.
+BALANCE_RULES = ("none", "source", "source_class")
 AUTO_CACHE = "auto"
 # The data configs' one-key shortcuts into their sources (`data.root=...`, `data.synthetic=null`): the YAML
 # interpolates them into `sources`; they are not settings of the datamodule.
@@ -74,7 +79,11 @@ class FaceDataModule(L.LightningDataModule):
 
     `sources` maps names to sources (`configs/source/`: CelebA-Spoof, folder, manifest); a source takes the
     name it is given here. `held_out` names a source that is tested on whole and not trained on
-    (leave-one-dataset-out). `unsplit` says what becomes of a source without train/test parts: `split` by
+    (leave-one-dataset-out); with `leave_one_out` (a group of source names, the protocol's sets), holding out a
+    member of the group trains on the group's other members only and the sources outside it are not read (held
+    out elsewhere or not at all, every other source trains). `balance` says how training draws from the sources
+    (`BALANCE_RULES`, each source's `weight` on top) and `epoch_size` how many samples an epoch draws (None: as
+    many as there are). `unsplit` says what becomes of a source without train/test parts: `split` by
     subject into all three (training), or `test` whole (evaluation). `detector` builds the face detector
     for sources whose records lack boxes; `prepared_dir` is where their automatic caches go. `needed_splits`
     (e.g. `("test",)` for an evaluation that takes the model's own threshold) limits what is read, detected
@@ -93,6 +102,9 @@ class FaceDataModule(L.LightningDataModule):
         test_fraction: float = 0.2,
         unsplit: str = "split",
         held_out: str | None = None,
+        leave_one_out: Sequence[str] | None = None,
+        balance: str = "none",
+        epoch_size: int | None = None,
         split_seed: int = 0,
         seed: int = 0,
         skip_bad_samples: bool = False,
@@ -110,10 +122,26 @@ class FaceDataModule(L.LightningDataModule):
             raise ConfigError(f"data.unsplit={unsplit!r}: choose one of {', '.join(UNSPLIT_RULES)}")
         if held_out is not None and held_out not in sources:
             raise ConfigError(f"data.held_out={held_out!r} is not one of the sources: {', '.join(sources)}")
+        unknown = sorted(set(leave_one_out or ()) - set(sources))
+        if unknown:
+            raise ConfigError(
+                f"data.leave_one_out names {', '.join(unknown)}, not among the sources: {', '.join(sources)}"
+            )
+        if balance not in BALANCE_RULES:
+            raise ConfigError(f"data.balance={balance!r}: choose one of {', '.join(BALANCE_RULES)}")
+        if epoch_size is not None and (
+            isinstance(epoch_size, bool) or not isinstance(epoch_size, int) or epoch_size < 1
+        ):
+            raise ConfigError(f"data.epoch_size={epoch_size!r}: give a positive whole number of samples, or null")
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"data.{key}={value!r}: give a positive whole number of samples")
-        self.sources = {name: source.renamed(name) for name, source in sources.items()}
+        used = used_sources(list(sources), held_out, leave_one_out)
+        if held_out is not None and needed_splits is not None and not {"train", "val"} & set(needed_splits):
+            used = [held_out]  # testing the held-out source alone: the others would add nothing
+        if len(used) < len(sources):
+            log.info("Holding %s out; not reading %s", held_out, ", ".join(n for n in sources if n not in used))
+        self.sources = {name: sources[name].renamed(name) for name in used}
         self.source_names = list(self.sources)
         self.class_scheme = class_scheme
         self.convention = convention or InputConvention()
@@ -124,6 +152,8 @@ class FaceDataModule(L.LightningDataModule):
         self.test_fraction = test_fraction
         self.unsplit = unsplit
         self.held_out = held_out
+        self.balance = balance
+        self.epoch_size = epoch_size
         self.split_seed = split_seed
         self.seed = seed
         self.skip_bad_samples = skip_bad_samples
@@ -335,12 +365,23 @@ class FaceDataModule(L.LightningDataModule):
             )
         log.warning("Skipping %d unusable sample(s) (%s)%s, e.g. %s", len(bad), per_split, where, first)
 
-    def source_weights(self) -> list[float] | None:
-        """Each training sample's sampling weight (its source's), or None when every source weighs the same."""
-        weights = {index: source.weight for index, source in enumerate(self.sources.values())}
-        if len(set(weights.values())) <= 1:
-            return None
-        return [weights[source] for source, dataset in self.splits["train"].parts for _ in range(len(dataset))]
+    def sample_weights(self) -> list[float] | None:
+        """Each training sample's sampling weight: its source's `weight`, divided by its source's size
+        (`balance=source`) or by the size of its source's live or spoof part (`balance=source_class`); None
+        when every sample weighs the same."""
+        train = self.samples.get("train", [])
+        real = self.class_scheme.real_class_index
+        groups = [
+            (s.source, s.target == real)
+            if self.balance == "source_class"
+            else s.source
+            if self.balance == "source"
+            else 0
+            for s in train
+        ]
+        sizes = Counter(groups)
+        weights = [self.sources[s.source].weight / sizes[group] for s, group in zip(train, groups, strict=True)]
+        return None if len(set(weights)) <= 1 else weights
 
     def _loader(self, split: str, sampler: Sampler | None = None) -> DataLoader:
         training = split == "train"
@@ -359,7 +400,9 @@ class FaceDataModule(L.LightningDataModule):
         # The epoch Lightning will pass to set_epoch (on a resumed run, `current_epoch` still counts the
         # restored epoch as unfinished while it is being set up).
         epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
-        sampler = EpochSeededSampler(len(self.splits["train"]), self.seed, epoch, self.source_weights())
+        sampler = EpochSeededSampler(
+            len(self.splits["train"]), self.seed, epoch, self.sample_weights(), self.epoch_size
+        )
         return self._loader("train", sampler)
 
     def val_dataloader(self) -> DataLoader:
@@ -368,6 +411,15 @@ class FaceDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+
+def used_sources(names: list[str], held_out: str | None, leave_one_out: Sequence[str] | None) -> list[str]:
+    """The sources a datamodule reads: all of them, except that holding out a member of the `leave_one_out`
+    group reads that group only (e.g. OULU, CASIA, Replay, MSU: holding out one trains on the other three)."""
+    group = list(leave_one_out or ())
+    if held_out is None or held_out not in group:
+        return names
+    return [name for name in names if name in group]
 
 
 def count_by_split(bad: Sequence[BadSample]) -> dict[str, int]:
@@ -389,6 +441,16 @@ def instantiate_datamodule(
     return hydra.utils.instantiate(OmegaConf.create(data), **objects)
 
 
+def scoring_scheme(scheme: ClassScheme) -> ClassScheme:
+    """A model's class scheme for scoring it: attacks of unknown type (a bare `spoof/` folder) count under its
+    first attack class where it has no class for them (Silent-Face's print / live / replay), so its live-vs-spoof
+    score (1 - p(live)) is measured on every attack, as for any model; per-class figures then count them there."""
+    if UNKNOWN_ATTACK in scheme.spoof_type_classes or not scheme.spoof_type_classes:
+        return scheme
+    first_attack = min(c for c in range(scheme.num_classes) if c != scheme.real_class_index)
+    return dataclasses.replace(scheme, spoof_type_classes={**scheme.spoof_type_classes, UNKNOWN_ATTACK: first_attack})
+
+
 def datamodule_for(
     data_cfg: DictConfig,
     info: ModelInfo,
@@ -399,10 +461,11 @@ def datamodule_for(
     """The data config's data cropped with a model's recorded input convention and labelled by its class
     scheme (or `class_scheme`), without augmentation: what evaluation and export score a model on.
 
-    The scheme replaces the config's whole (a merge would keep spoof types the model has no class for).
+    The scheme replaces the config's whole (a merge would keep spoof types the model has no class for); the
+    model's own keeps attacks of unknown type (`scoring_scheme`).
     `needed_splits` limits what is read and cropped (see `FaceDataModule`).
     """
-    scheme = class_scheme or info.class_scheme
+    scheme = class_scheme or scoring_scheme(info.class_scheme)
     settings = {
         "convention": {"_target_": "fas.convention.InputConvention", **info.convention.to_dict()},
         "class_scheme": {"_target_": "fas.convention.ClassScheme", **scheme.to_dict()},

@@ -175,16 +175,28 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
     It starts at `epoch`: Lightning creates the first iterator before its first `set_epoch`, and loader
     workers prefetch from it at once, so a sampler created at epoch 0 would feed a resumed run the
     first batches (with persistent workers, the whole first epoch) in epoch 0's order.
-    With `weights` (one per sample: its source's sampling weight) an epoch draws as many samples as
-    there are, with replacement, each with probability proportional to its weight.
+    With `weights` (one per sample, e.g. its source's sampling weight) or an `epoch_size` other than `size`,
+    an epoch draws `epoch_size` samples (default: as many as there are) with replacement, each with probability
+    proportional to its weight, and each draw has its own augmentation seed (a small source oversampled several
+    times an epoch is not shown the same augmented crop each time).
     Under torch.distributed each rank takes every world-size-th pair of the same permutation (padded
     to equal length), which is why `trainer=ddp` sets `use_distributed_sampler: false`.
     """
 
-    def __init__(self, size: int, seed: int, epoch: int = 0, weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        epoch: int = 0,
+        weights: Sequence[float] | None = None,
+        epoch_size: int | None = None,
+    ) -> None:
         self.size = size
         self.seed = seed
         self.epoch = epoch
+        self.epoch_size = epoch_size or size
+        if weights is None and self.epoch_size != size:
+            weights = [1.0] * size
         self.weights = torch.as_tensor(weights, dtype=torch.float64) if weights is not None else None
 
     def set_epoch(self, epoch: int) -> None:
@@ -196,17 +208,18 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
         return 0, 1
 
     def __len__(self) -> int:
-        return -(-self.size // self._world()[1])
+        return -(-self.epoch_size // self._world()[1])
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         if self.weights is None:
             order = torch.randperm(self.size, generator=generator)
+            seeds = torch.randint(0, 2**31 - 1, (self.size,), generator=generator)[order]  # one per sample
         else:
-            order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
-        seeds = torch.randint(0, 2**31 - 1, (self.size,), generator=generator)
+            order = torch.multinomial(self.weights, self.epoch_size, replacement=True, generator=generator)
+            seeds = torch.randint(0, 2**31 - 1, (self.epoch_size,), generator=generator)  # one per draw
         rank, world = self._world()
-        padded = torch.cat([order, order[: len(self) * world - self.size]])
-        for position in range(rank, len(padded), world):
-            index = int(padded[position])
-            yield index, int(seeds[index])
+        padding = len(self) * world - self.epoch_size
+        order, seeds = torch.cat([order, order[:padding]]), torch.cat([seeds, seeds[:padding]])
+        for position in range(rank, len(order), world):
+            yield int(order[position]), int(seeds[position])
