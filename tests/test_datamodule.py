@@ -384,3 +384,18 @@ def test_balance_settings_are_checked(tiny_data: Path, settings: dict, message: 
 
     with pytest.raises(ConfigError, match=message):
         FaceDataModule({"a": CelebASpoofSource(str(tiny_data))}, BINARY, **settings)
+
+
+def test_an_evaluation_of_the_held_out_source_reads_all_its_parts(tiny_data: Path) -> None:
+    """held_out with only the test split needed (evaluate.py data.held_out=<set>): the set is tested whole,
+    its train part included, and the other sources are not read."""
+    from fas.data.sources.celeba_spoof import CelebASpoofSource
+    from fas.data.sources.folder import FolderSource
+
+    sources = {"a": CelebASpoofSource(str(tiny_data)), "b": FolderSource("/nonexistent")}
+    dm = FaceDataModule(sources, BINARY, held_out="a", needed_splits=("test",), convention=InputConvention(32))
+    dm.prepare_data()
+    dm.setup("test")
+    whole = make(tiny_data)
+    assert dm.source_names == ["a"]
+    assert len(dm.samples["test"]) == sum(len(part) for part in whole.samples.values())

@@ -185,3 +185,15 @@ def test_the_training_report_scores_the_int8_export_as_evaluate_does(
     (evaluated,) = json.loads(files.metrics.read_text())["models"]
     for key in ("auroc", "eer", "hter", "tpr_at_fpr_1e-2"):
         assert metrics[f"int8/test/{key}"] == pytest.approx(evaluated["metrics"][key], abs=1e-9), key
+
+
+def test_a_large_test_split_is_compared_on_a_seeded_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export's own file comparison holds its crops in memory: past PARITY_IMAGES it takes a seeded sample."""
+    from fas.export import pipeline
+
+    monkeypatch.setattr(pipeline, "PARITY_IMAGES", 5)
+    assert len(pipeline.parity_sample(list(range(5)))) == 5
+    sample = pipeline.parity_sample(list(range(12)))
+    chosen = [sample[i] for i in range(len(sample))]
+    assert len(chosen) == 5 == len(set(chosen)) and chosen == sorted(chosen)
+    assert chosen == [pipeline.parity_sample(list(range(12)))[i] for i in range(5)]  # the same each time

@@ -80,10 +80,10 @@ class FaceDataModule(L.LightningDataModule):
     `sources` maps names to sources (`configs/source/`: CelebA-Spoof, folder, manifest); a source takes the
     name it is given here. `held_out` names a source that is tested on whole and not trained on
     (leave-one-dataset-out); with `leave_one_out` (a group of source names, the protocol's sets), holding out a
-    member of the group trains on the group's other members only and the sources outside it are not read (held
-    out elsewhere or not at all, every other source trains). `balance` says how training draws from the sources
-    (`BALANCE_RULES`, each source's `weight` on top) and `epoch_size` how many samples an epoch draws (None: as
-    many as there are). `unsplit` says what becomes of a source without train/test parts: `split` by
+    member of the group trains on the group's other members only and the sources outside it are not read (holding
+    out a source outside the group, or none, trains on every other source). `balance` says how training draws from
+    the sources (`BALANCE_RULES`, each source's `weight` on top) and `epoch_size` how many samples an epoch draws
+    (None: as many as there are). `unsplit` says what becomes of a source without train/test parts: `split` by
     subject into all three (training), or `test` whole (evaluation). `detector` builds the face detector
     for sources whose records lack boxes; `prepared_dir` is where their automatic caches go. `needed_splits`
     (e.g. `("test",)` for an evaluation that takes the model's own threshold) limits what is read, detected
@@ -96,7 +96,7 @@ class FaceDataModule(L.LightningDataModule):
         class_scheme: ClassScheme,
         convention: InputConvention | None = None,
         batch_size: int = 64,
-        eval_batch_size: int = 256,
+        eval_batch_size: int = 32,
         num_workers: int = 0,
         val_fraction: float = 0.15,
         test_fraction: float = 0.2,
@@ -197,9 +197,9 @@ class FaceDataModule(L.LightningDataModule):
     def source_splits(self, source: Source) -> tuple[str, ...]:
         """The parts of a source the datamodule's `needed_splits` read: test from its test part (or all of an
         unsplit source), validation from its val part or, when it has none, its train part (held out by
-        subject); every part when `needed_splits` is None."""
+        subject); every part when `needed_splits` is None, and of the held-out source."""
         have = source.splits
-        if self.needed_splits is None:
+        if self.needed_splits is None or source.name == self.held_out:  # a held-out source is tested whole
             return have
         wanted = set()
         for split in self.needed_splits:
@@ -366,22 +366,22 @@ class FaceDataModule(L.LightningDataModule):
         log.warning("Skipping %d unusable sample(s) (%s)%s, e.g. %s", len(bad), per_split, where, first)
 
     def sample_weights(self) -> list[float] | None:
-        """Each training sample's sampling weight: its source's `weight`, divided by its source's size
-        (`balance=source`) or by the size of its source's live or spoof part (`balance=source_class`); None
-        when every sample weighs the same."""
+        """Each training sample's sampling weight: its source's `weight`, divided by the size of its group (all
+        samples, its source, or its source's live or spoof part, by `balance`); None when all weigh the same."""
         train = self.samples.get("train", [])
-        real = self.class_scheme.real_class_index
-        groups = [
-            (s.source, s.target == real)
-            if self.balance == "source_class"
-            else s.source
-            if self.balance == "source"
-            else 0
-            for s in train
-        ]
+        groups = [self.balance_group(sample) for sample in train]
         sizes = Counter(groups)
         weights = [self.sources[s.source].weight / sizes[group] for s, group in zip(train, groups, strict=True)]
         return None if len(set(weights)) <= 1 else weights
+
+    def balance_group(self, sample: Sample) -> tuple[str, ...]:
+        """The group `balance` gives an equal share of the draws: none, the sample's source, or its source and
+        whether it is live."""
+        if self.balance == "source":
+            return (sample.source,)
+        if self.balance == "source_class":
+            return (sample.source, "live" if sample.target == self.class_scheme.real_class_index else "spoof")
+        return ()
 
     def _loader(self, split: str, sampler: Sampler | None = None) -> DataLoader:
         training = split == "train"

@@ -198,9 +198,11 @@ def markdown(report: dict[str, Any]) -> str:
         "Accuracy and decision agreement here are argmax decisions (the most probable class), which compare the "
         f"files with each other; {operating}."
     )
+    whole = report.get("test_split_images", report["test_images"])
+    sampled = f" (a seeded sample of its {whole})" if whole != report["test_images"] else ""
     return (
         f"# {kind} export of {report['backbone']} ({report['input_size']}x{report['input_size']})\n\n"
-        f"Test split: {report['test_images']} crops. {settings}{measured}\n\n"
+        f"Test split: {report['test_images']} crops{sampled}. {settings}{measured}\n\n"
         + "\n".join(rows)
         + "\n\n"
         + decisions
