@@ -22,6 +22,8 @@ from tqdm import tqdm
 
 from fas.convention import ModelInfo
 from fas.data.datamodule import FaceDataModule, datamodule_for
+from fas.data.datasets import single_threaded_opencv
+from fas.data.stress import CaptureChange, capture_changes, stressed_split
 from fas.errors import ConfigError, FasError
 from fas.hydra_utils import (
     check_config,
@@ -41,6 +43,7 @@ from fas.metrics import (
     pad_metrics_per_source,
     sources_present,
     spoof_scores,
+    stress_metrics,
 )
 from fas.progress import ProgressLog
 from fas.report import (
@@ -161,8 +164,39 @@ def evaluate_model(backend: Backend, name: str, path: str, cfg: DictConfig) -> S
         datamodule.skipped,
         cfg,
     )
+    stress_preset = cfg.get("stress")
+    changes = capture_changes(hydra.utils.instantiate(stress_preset.changes, _convert_="all")) if stress_preset else []
+    if changes:
+        stress = stress_evaluation(backend, name, datamodule, cfg.split, changes, scores, threshold.value, attack_types)
+        evaluation = replace(evaluation, stress=stress)
     keys = {split: datamodule.splits[split].record_keys() for split in needed}
     return ScoredModel(evaluation, keys, val_scores, datamodule.source_names, attack_types)
+
+
+def stress_evaluation(
+    backend: Backend,
+    name: str,
+    datamodule: FaceDataModule,
+    split: str,
+    changes: list[CaptureChange],
+    clean: Scores,
+    threshold: float | None,
+    attack_types: list[int],
+) -> dict[str, dict[str, float | None]]:
+    """The model's figures on the split's faces under each capture change (`configs/stress/`), read from their
+    files again (faces found once: the boxes are the clean run's), against its clean scores."""
+    results = {}
+    for change in changes:
+        dataset = stressed_split(datamodule.samples[split], datamodule.source_names, datamodule.convention, change)
+        loader = DataLoader(
+            dataset,
+            batch_size=datamodule.eval_batch_size,
+            num_workers=datamodule.num_workers,
+            worker_init_fn=single_threaded_opencv,
+        )
+        changed = score_loader(backend, loader, f"{name} {split} under {change.name}")
+        results[change.name] = stress_metrics(clean, changed, threshold, attack_types)
+    return results
 
 
 def model_evaluation(

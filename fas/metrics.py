@@ -477,3 +477,27 @@ def pad_metrics_per_source(
 def sources_present(scores: Scores, names: list[str]) -> list[tuple[int, str]]:
     """(index, name) of each data source with samples in `scores`."""
     return [(index, name) for index, name in enumerate(names) if np.any(scores.source == index)]
+
+
+STRESS_KEYS = ("auroc", "auroc_change", "apcer", "bpcer", "hter", "flipped", "mean_score_change")
+
+
+def stress_metrics(
+    clean: Scores, changed: Scores, threshold: float | None, attack_types: Iterable[int]
+) -> dict[str, float | None]:
+    """A model's figures on changed copies of the faces it scored clean (the same faces, in the same order):
+    ROC-AUC and its change, APCER / BPCER / HTER at `threshold`, the share of live-vs-spoof decisions the change
+    flipped, and the mean change of the spoof score."""
+    if len(clean) != len(changed) or not np.array_equal(clean.spoof_type, changed.spoof_type):
+        raise ScoreError("stressed scores must pair with the clean ones face by face")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # the clean report already says what is undefined
+        metrics = pad_metrics(changed, threshold, attack_types).metrics
+        clean_auroc = roc_auc(clean.score, clean.is_spoof)
+    result = {key: metrics[key] for key in ("auroc", "apcer", "bpcer", "hter")}
+    both = metrics["auroc"] is not None and clean_auroc is not None
+    result["auroc_change"] = metrics["auroc"] - clean_auroc if both else None
+    flips = (changed.score >= threshold) != (clean.score >= threshold) if threshold is not None else None
+    result["flipped"] = float(np.mean(flips)) if flips is not None and len(flips) else None
+    result["mean_score_change"] = float(np.mean(changed.score - clean.score)) if len(clean) else None
+    return result

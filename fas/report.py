@@ -96,6 +96,8 @@ class ModelEvaluation:
     # how many of its records could not be used.
     source_thresholds: dict[str, ThresholdChoice] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
+    # Capture change name -> its figures (`fas.metrics.stress_metrics`), when evaluate.py ran a stress preset.
+    stress: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def source_threshold(self, source: str) -> ThresholdChoice:
         return self.source_thresholds.get(source, self.threshold)
@@ -117,6 +119,7 @@ class ModelEvaluation:
                 }
                 for name, result in self.per_source.items()
             },
+            "stress": self.stress,
         }
 
 
@@ -151,6 +154,8 @@ def flat_metrics(
         flat.update({f"{scope}/{key}": value for key, value in e.result.metrics.items()})
         for source, result in e.per_source.items():
             flat.update({f"{scope}/{source}/{key}": result.metrics[key] for key in SOURCE_KEYS})
+        for change, figures in e.stress.items():
+            flat.update({f"{scope}/stress/{change}/{key}": figures[key] for key in ("auroc", "hter", "flipped")})
     return flat
 
 
@@ -232,6 +237,9 @@ def report_blocks(
         blocks.append(_cross_table(evaluations))
         blocks.append(("h", 2, "Per data source"))
         blocks.append(_source_table(evaluations))
+    if any(e.stress for e in evaluations):
+        blocks.append(("h", 2, "Capture stress: the same faces under everyday changes"))
+        blocks.append(_stress_table(evaluations))
     blocks.append(("h", 2, "Curves"))
     blocks += [("image", name, plots[name]) for name in ("roc", "det", "pr")]
     blocks.append(("h", 2, "Score distributions and confusion matrices"))
@@ -300,6 +308,39 @@ def _source_table(evaluations: Sequence[ModelEvaluation]) -> Block:
             )
     headers = ["model", "source", "live", "spoof", "skipped", "threshold", *(LABELS[k] for k in SOURCE_KEYS)]
     return ("table", [*headers, "APCER per type"], rows)
+
+
+STRESS_LABELS = {
+    "auroc": "ROC-AUC",
+    "auroc_change": "ROC-AUC change",
+    "apcer": "APCER (worst type)",
+    "bpcer": "BPCER",
+    "hter": "HTER",
+    "flipped": "decisions flipped",
+    "mean_score_change": "mean score change",
+}
+
+
+def _stress_table(evaluations: Sequence[ModelEvaluation]) -> Block:
+    """Every model under every capture change, at its own threshold, against its clean scores."""
+    rows = []
+    for e in evaluations:
+        for change, figures in e.stress.items():
+            cells = []
+            for key in STRESS_LABELS:
+                value = figures.get(key)
+                plain = key in ("auroc", "auroc_change", "mean_score_change")
+                cells.append(
+                    UNDEFINED
+                    if value is None
+                    else f"{value:+.4f}"
+                    if "change" in key
+                    else f"{value:.4f}"
+                    if plain
+                    else f"{100 * value:.2f}%"
+                )
+            rows.append([e.name, change, *cells])
+    return ("table", ["model", "change", *STRESS_LABELS.values()], rows)
 
 
 def _model_blocks(e: ModelEvaluation) -> list[Block]:

@@ -459,3 +459,33 @@ def test_attacks_of_unknown_type_are_scored_by_a_model_without_a_class_for_them(
     assert model["class_scheme"] == "silentface3"
     assert model["counts"]["spoof"] > 0 and model["counts"]["live"] > 0  # the attacks were dropped before
     assert 0.0 <= model["metrics"]["auroc"] <= 1.0 and model["apcer_per_type"]["unknown"] is not None
+
+
+def test_a_stress_preset_scores_every_model_again_under_each_change(
+    trained: dict[str, Path], tiny_data: Path, tmp_path: Path
+) -> None:
+    """stress=<preset>: per model and change, figures against its clean scores in metrics.json and report.md; a
+    change that changes nothing flips nothing, and a wider box moves the scores."""
+    overrides = [
+        f"ckpt_path={trained['onnx']}",
+        *TINY,
+        f"data.root={tiny_data}",
+        "+stress.changes.unchanged.box_scale=1.0",
+        "+stress.changes.wide.box_scale=1.6",
+        "+stress.changes.blurred.frame._target_=albumentations.GaussianBlur",
+        "+stress.changes.blurred.frame.sigma_limit=[3,3]",
+        "+stress.changes.blurred.frame.blur_limit=[0,0]",
+    ]
+    files = evaluate(compose_evaluate(overrides, tmp_path))
+    report = json.loads(files.metrics.read_text())
+    (model,) = report["models"]
+    stress = model["stress"]
+    assert list(stress) == ["unchanged", "wide", "blurred"]
+    assert stress["unchanged"]["flipped"] == 0.0 and stress["unchanged"]["mean_score_change"] == 0.0
+    assert stress["unchanged"]["auroc"] == pytest.approx(model["metrics"]["auroc"], abs=1e-12)
+    for name in ("wide", "blurred"):
+        assert stress[name]["mean_score_change"] != 0.0 and 0.0 <= stress[name]["flipped"] <= 1.0
+        assert stress[name]["auroc_change"] == pytest.approx(stress[name]["auroc"] - model["metrics"]["auroc"])
+    assert report["metrics"]["test/stress/wide/flipped"] == stress["wide"]["flipped"]
+    markdown = files.markdown.read_text()
+    assert "## Capture stress" in markdown and "| model.onnx | blurred |" in markdown
