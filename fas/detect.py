@@ -35,10 +35,13 @@ class DetectorError(FasError, RuntimeError):
 
 @dataclass(frozen=True)
 class Face:
-    """A detected face: box (x, y, w, h) in integer pixels of the image, and the detector's score."""
+    """A detected face: box (x, y, w, h) in integer pixels of the image, the detector's score, and its five
+    landmarks (right eye, left eye, nose tip, right and left mouth corner; x, y each, in pixels) where the detector
+    gives them."""
 
     box: tuple[int, int, int, int]
     score: float
+    landmarks: tuple[float, ...] | None = None
 
 
 class FaceDetector(Protocol):
@@ -123,7 +126,10 @@ class YuNetDetector:
         _, rows = self.detector.detect(image)
         if rows is None:
             return []
-        faces = [Face(tuple(int(v / scale) for v in row[:4]), float(row[14])) for row in rows]
+        faces = [
+            Face(tuple(int(v / scale) for v in row[:4]), float(row[14]), tuple(float(v / scale) for v in row[4:14]))
+            for row in rows
+        ]
         faces = [f for f in faces if min(f.box[2], f.box[3]) >= max(self.min_face_size, 1)]
         return sorted(faces, key=lambda face: -face.score)
 

@@ -52,7 +52,7 @@ class PredictError(FasError, RuntimeError):
     """Nothing could be predicted."""
 
 
-REAL_COLOR, SPOOF_COLOR = (0, 200, 0), (0, 0, 255)  # BGR
+REAL_COLOR, SPOOF_COLOR, RETRY_COLOR = (0, 200, 0), (0, 0, 255), (0, 200, 255)  # BGR
 VIDEO_CODEC = "mp4v"
 
 
@@ -68,6 +68,7 @@ def build_predictor(cfg: DictConfig) -> LivenessPredictor:
         device=cfg.device,
         threads=cfg.get("threads"),
         convention=cfg.liveness.get("convention"),
+        quality=hydra.utils.instantiate(cfg.quality.gate) if cfg.get("quality") and cfg.quality.get("gate") else None,
     )
 
 
@@ -247,14 +248,18 @@ class PredictionWriter:
 
 
 def annotate_image(image: np.ndarray, predictions: list[FacePrediction]) -> np.ndarray:
-    """A copy with each face boxed (green real, red spoof) and labelled with its spoof score."""
+    """A copy with each face boxed (green real, red spoof, amber retry) and labelled with its spoof score."""
     out = image.copy()
     thickness = max(1, round(min(image.shape[:2]) / 300))
     for prediction in predictions:
         x, y, w, h = prediction.face.box
-        color = REAL_COLOR if prediction.is_real else SPOOF_COLOR
+        color = RETRY_COLOR if prediction.status == "retry" else REAL_COLOR if prediction.is_real else SPOOF_COLOR
         cv2.rectangle(out, (x, y), (x + w, y + h), color, thickness)
-        text = f"{prediction.label} {prediction.spoof_score:.2f}"
+        text = (
+            f"retry: {', '.join(prediction.quality.reasons)}"
+            if prediction.status == "retry"
+            else f"{prediction.label} {prediction.spoof_score:.2f}"
+        )
         scale = 0.5 * thickness
         (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
         top = max(y - text_h - baseline - 2, 0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from fas.download import resolve_model_file
 from fas.errors import ConfigError
 from fas.inference.backends import Backend, load_backend
 from fas.inference.preprocess import face_batch
+from fas.inference.quality import QualityCheck, QualityGate
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,18 @@ class FacePrediction:
     fused_probabilities: tuple[float, ...] | None  # None when the models' class schemes differ
     spoof_score: float
     is_real: bool
+    quality: QualityCheck | None = None  # the quality gate's check, when the predictor has a gate
+
+    @property
+    def status(self) -> str:
+        """`judged`, or `retry` when the face failed the quality gate (its reasons in `quality.reasons`)."""
+        return "retry" if self.quality is not None and not self.quality.passed else "judged"
 
     @property
     def label(self) -> str:
+        """`real` or `spoof`; `retry` for a face the gate turned back (its scores are kept, not a verdict)."""
+        if self.status == "retry":
+            return "retry"
         return "real" if self.is_real else "spoof"
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,6 +75,8 @@ class FacePrediction:
             "fused_probabilities": list(self.fused_probabilities) if self.fused_probabilities else None,
             "spoof_score": self.spoof_score,
             "label": self.label,
+            "status": self.status,
+            **({"retry_reasons": list(self.quality.reasons), "quality": self.quality.measures} if self.quality else {}),
         }
 
 
@@ -76,11 +88,13 @@ class LivenessPredictor:
         models: Mapping[str, Backend],
         detector: FaceDetector | None = None,
         threshold: float | None = None,
+        quality: QualityGate | None = None,
     ) -> None:
         if not models:
             raise ConfigError("the predictor needs at least one liveness model (liveness.models)")
         self.models = dict(models)
         self.detector = detector
+        self.quality = quality
         recorded = [backend.info.threshold for backend in self.models.values()]
         if threshold is None and len(recorded) == 1 and recorded[0] is not None:
             threshold = float(recorded[0]["value"])  # the operating point the model file ships with
@@ -105,6 +119,7 @@ class LivenessPredictor:
         device: str = "cpu",
         threads: int | None = None,
         convention: str | None = None,
+        quality: QualityGate | None = None,
     ) -> LivenessPredictor:
         """Models from paths or registry names (`models/registry.yaml`), named by what was given;
         `convention` serves the files that record none (see `load_backend`)."""
@@ -114,7 +129,7 @@ class LivenessPredictor:
             if name in models:
                 name = str(value)
             models[name] = load_backend(resolve_model_file(value), device, threads, convention)
-        return cls(models, detector, threshold)
+        return cls(models, detector, threshold, quality)
 
     def predict(self, image_bgr: np.ndarray) -> list[FacePrediction]:
         """Detect the faces of an HxWx3 uint8 BGR image and judge each."""
@@ -133,7 +148,10 @@ class LivenessPredictor:
             name: softmax(backend.logits(face_batch(image_bgr, boxes, backend.info.convention)))
             for name, backend in self.models.items()
         }
-        return [self._decide(face, {n: p[i] for n, p in probabilities.items()}) for i, face in enumerate(faces)]
+        decided = [self._decide(face, {n: p[i] for n, p in probabilities.items()}) for i, face in enumerate(faces)]
+        if self.quality is None:
+            return decided
+        return [replace(d, quality=self.quality.check(image_bgr, d.face)) for d in decided]
 
     def _decide(self, face: Face, probabilities: dict[str, np.ndarray]) -> FacePrediction:
         real_index = {name: self.models[name].info.class_scheme.real_class_index for name in probabilities}
