@@ -8,8 +8,10 @@
 Writes to the run directory (or output_dir=...): `predictions.jsonl`, one line per face (file, frame,
 box, per-model scores, fused spoof score, label) or per image without a face or that cannot be read,
 and annotated copies (green real, red spoof, with the spoof score) under `annotated/`. A folder's
-videos are scored frame by frame like a single video file. Files are read by `fas.media`, the same
-strict reader training and evaluation use.
+videos are scored frame by frame like a single video file. In a video (or from a camera) each face is also
+followed across frames (`tracking`, fas/inference/tracking.py): its line carries its track and the track's fused
+verdict so far, and the video ends with one `"kind": "track"` line per track, its decision. Files are read by
+`fas.media`, the same strict reader training and evaluation use.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from fas.cli import exit_on_user_error
 from fas.errors import ConfigError, FasError
 from fas.hydra_utils import refuse_renamed_overrides
 from fas.inference.predictor import FacePrediction, LivenessPredictor
+from fas.inference.tracking import FaceTracker, TrackedFace
 from fas.media import (
     Frame,
     MediaError,
@@ -83,7 +86,8 @@ def predict(cfg: DictConfig) -> Path:
     jsonl = output_dir / "predictions.jsonl"
     with jsonl.open("w") as stream:
         writer = PredictionWriter(stream)
-        run_input(cfg.input, predictor, writer, output_dir, cfg.annotate, cfg.get("max_frames"))
+        tracking = dict(cfg.tracking) if cfg.get("tracking") else None
+        run_input(cfg.input, predictor, writer, output_dir, cfg.annotate, cfg.get("max_frames"), tracking)
     summary = ", ".join(f"{what} {n}" for what, n in writer.counts.items())
     log.info("%s -> %s", summary or "nothing to predict", jsonl)
     failed = writer.counts["unreadable"]
@@ -102,19 +106,22 @@ def run_input(
     output_dir: Path,
     annotate: bool,
     max_frames: int | None,
+    tracking: dict[str, Any] | None = None,
 ) -> None:
-    """Dispatch on what `input` is: a camera index, a folder, a video file or an image file."""
+    """Dispatch on what `input` is: a camera index, a folder, a video file or an image file. `tracking` (the
+    `FaceTracker` settings, or None) follows faces across a video's frames."""
     annotated_dir = output_dir / "annotated" if annotate else None
     path = Path(str(value)).expanduser()
     if not path.exists() and str(value).isdigit():
-        run_video(int(value), predictor, writer, output_dir / f"camera_{value}.mp4" if annotate else None, max_frames)
+        camera_copy = output_dir / f"camera_{value}.mp4" if annotate else None
+        run_video(int(value), predictor, writer, camera_copy, max_frames, tracking)
     elif path.is_dir():
-        run_folder(path, predictor, writer, output_dir, annotate, max_frames)
+        run_folder(path, predictor, writer, output_dir, annotate, max_frames, tracking)
     elif not path.is_file():
         raise MediaError(path, "input not found; give an image, a folder, a video file or a camera index")
     elif is_video_file(path):
         annotated = output_dir / f"{path.stem}_annotated.mp4" if annotate else None
-        run_video(path, predictor, writer, annotated, max_frames)
+        run_video(path, predictor, writer, annotated, max_frames, tracking)
     else:
         run_images([read_or_report(path, writer)], predictor, writer, annotated_dir, path.parent)
 
@@ -126,6 +133,7 @@ def run_folder(
     output_dir: Path,
     annotate: bool,
     max_frames: int | None,
+    tracking: dict[str, Any] | None = None,
 ) -> None:
     """Every image of a folder (recursively, with a progress bar), then every video in it, frame by frame."""
     files = media_files(folder)
@@ -142,7 +150,7 @@ def run_folder(
         if annotated is not None:
             annotated.parent.mkdir(parents=True, exist_ok=True)
         try:
-            run_video(video, predictor, writer, annotated, max_frames)
+            run_video(video, predictor, writer, annotated, max_frames, tracking)
         except MediaError as error:
             writer.error(str(video), error)
 
@@ -180,15 +188,19 @@ def run_video(
     writer: PredictionWriter,
     annotated: Path | None,
     max_frames: int | None,
+    tracking: dict[str, Any] | None = None,
 ) -> None:
+    """Every frame of a video file or camera; with `tracking`, each face's track and one decision per track."""
     capture = open_camera(source) if isinstance(source, int) else open_video(source)
+    threshold = predictor.threshold if predictor.threshold is not None else 0.5
+    tracker = FaceTracker(threshold, **tracking) if tracking is not None else None
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     total = min(total, max_frames) if total and max_frames else total or max_frames
     video_writer = None
     try:
         for frame in tqdm(video_frames(capture, source, max_frames), total=total, desc="frames", unit="frame"):
-            predictions = predict_frame(frame, predictor, writer) or []
+            predictions = predict_frame(frame, predictor, writer, tracker) or []
             if annotated is not None:
                 if video_writer is None:
                     height, width = frame.image.shape[:2]
@@ -201,10 +213,15 @@ def run_video(
         if video_writer is not None:
             video_writer.release()
             log.info("annotated video: %s", annotated)
+        if tracker is not None:
+            writer.tracks(str(source), tracker.finish())
 
 
-def predict_frame(frame: Frame, predictor: LivenessPredictor, writer: PredictionWriter) -> list[FacePrediction] | None:
-    """Predict on one image and record it; None when it could not be processed (already reported)."""
+def predict_frame(
+    frame: Frame, predictor: LivenessPredictor, writer: PredictionWriter, tracker: FaceTracker | None = None
+) -> list[FacePrediction] | None:
+    """Predict on one image (a video's frame: its faces' tracks too) and record it; None when it could not be
+    processed (already reported)."""
     for note in frame.notes:
         log.info("%s: %s", frame.source, note)
     try:
@@ -212,7 +229,8 @@ def predict_frame(frame: Frame, predictor: LivenessPredictor, writer: Prediction
     except FasError as error:
         writer.error(frame.source, error, frame.index)
         return None
-    writer.faces(frame, predictions)
+    tracked = tracker.update(frame.index or 0, predictions) if tracker is not None else None
+    writer.faces(frame, predictions, tracked)
     return predictions
 
 
@@ -224,7 +242,7 @@ class PredictionWriter:
         self.counts: Counter[str] = Counter()
         self.first_error: str | None = None
 
-    def faces(self, frame: Frame, predictions: list[FacePrediction]) -> None:
+    def faces(self, frame: Frame, predictions: list[FacePrediction], tracked: list[TrackedFace] | None = None) -> None:
         base = {"file": frame.source, "frame": frame.index}
         if frame.notes:
             base["notes"] = frame.notes
@@ -234,8 +252,15 @@ class PredictionWriter:
             if frame.index is None:
                 log.warning("%s: no face found", frame.source)
         for number, prediction in enumerate(predictions):
-            self._write({**base, "face": number, **prediction.to_dict()})
+            track = tracked[number].to_dict() if tracked else {}
+            self._write({**base, "face": number, **prediction.to_dict(), **track})
             self.counts[prediction.label] += 1
+
+    def tracks(self, source: str, decisions: list[dict[str, Any]]) -> None:
+        """One line per track of a video: `"kind": "track"`, its frames and its decision."""
+        for decision in decisions:
+            self._write({"file": source, "kind": "track", **decision})
+            self.counts[f"track {decision['label']}"] += 1
 
     def error(self, source: str, error: Exception, index: int | None = None) -> None:
         log.warning("%s", error)

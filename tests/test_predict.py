@@ -92,13 +92,45 @@ def test_video_file_gives_a_line_per_frame_and_an_annotated_video(reference_dir:
         writer.write(frame)
     writer.release()
     overrides = [f"input={clip}", models_override([reference_dir / LIVENESS_FILES["suri_liveness"][0]])]
-    records = run(reference_dir, tmp_path / "run", overrides)
+    *records, track = run(reference_dir, tmp_path / "run", overrides)
     assert [(r["frame"], r["label"]) for r in records] == [(0, "real"), (1, "real"), (2, "no_face")]
+    assert [r.get("track") for r in records] == [0, 0, None] and records[1]["track_label"] is None  # 2 of 5 frames
+    assert track == {
+        "file": str(clip), "kind": "track", "track": 0, "first_frame": 0, "last_frame": 1, "frames": 2,
+        "judged_frames": 2, "spoof_score": pytest.approx(np.mean([r["spoof_score"] for r in records[:2]])),
+        "label": "undecided",
+    }  # fmt: skip
     annotated = cv2.VideoCapture(str(tmp_path / "run/clip_annotated.mp4"))
     assert annotated.get(cv2.CAP_PROP_FRAME_COUNT) == 3 and annotated.get(cv2.CAP_PROP_FPS) == 10
     annotated.release()
     limited = run(reference_dir, tmp_path / "limited", [*overrides, "max_frames=1"])
-    assert [r["frame"] for r in limited] == [0]
+    assert [r.get("frame") for r in limited] == [0, None]  # the frame, then its track's line
+    untracked = run(reference_dir, tmp_path / "untracked", [*overrides, "tracking=null"])
+    assert len(untracked) == 3 and "track" not in untracked[0]
+
+
+def test_two_moving_faces_in_a_video_are_two_tracks_with_one_decision_each(reference_dir: Path, tmp_path: Path) -> None:
+    live, printed = (cv2.imread(str(reference_dir / f"images/{name}.jpg")) for name in ("image_T1", "image_F2"))
+    clip = tmp_path / "two.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10, (1000, 640))
+    for step in range(6):  # both faces drift 6 px right a frame
+        canvas = np.full((640, 1000, 3), 128, np.uint8)
+        canvas[:, 6 * step : 6 * step + 480] = live
+        canvas[:, 500 + 2 * step : 500 + 2 * step + 480] = printed
+        writer.write(canvas)
+    writer.release()
+    suri = models_override([reference_dir / LIVENESS_FILES["suri_liveness"][0]])
+    records = run(reference_dir, tmp_path / "run", [f"input={clip}", suri, "tracking.min_frames=3"])
+    faces = [r for r in records if r.get("kind") != "track"]
+    tracks = [r for r in records if r.get("kind") == "track"]
+    by_track = {}
+    for face in faces:
+        by_track.setdefault(face["track"], set()).add(face["box_xywh"][0] < 500)
+    assert len(faces) == 12 and by_track in ({0: {True}, 1: {False}}, {0: {False}, 1: {True}})
+    assert sorted((t["frames"], t["judged_frames"]) for t in tracks) == [(6, 6), (6, 6)]
+    decided = {next(iter(by_track[t["track"]])): t["label"] for t in tracks}
+    assert decided == {True: "real", False: "spoof"}  # the live face on the left, the print on the right
+    assert faces[-1]["track_label"] in ("real", "spoof") and faces[0]["track_label"] is None
 
 
 def test_bad_inputs_are_user_errors(reference_dir: Path, tmp_path: Path) -> None:
