@@ -44,6 +44,7 @@ from fas.metrics import (
     sources_present,
     spoof_scores,
     stress_metrics,
+    video_scores,
 )
 from fas.progress import ProgressLog
 from fas.report import (
@@ -164,6 +165,9 @@ def evaluate_model(backend: Backend, name: str, path: str, cfg: DictConfig) -> S
         datamodule.skipped,
         cfg,
     )
+    videos = video_scores(scores, [sample.video for sample in datamodule.samples[cfg.split]])
+    if videos is not None:
+        evaluation = replace(evaluation, video=pad_metrics(videos, threshold.value, attack_types))
     stress_preset = cfg.get("stress")
     changes = capture_changes(hydra.utils.instantiate(stress_preset.changes, _convert_="all")) if stress_preset else []
     if changes:

@@ -16,7 +16,7 @@ Conventions used everywhere:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -501,3 +501,26 @@ def stress_metrics(
     result["flipped"] = float(np.mean(flips)) if flips is not None and len(flips) else None
     result["mean_score_change"] = float(np.mean(changed.score - clean.score)) if len(clean) else None
     return result
+
+
+def video_scores(scores: Scores, videos: Sequence[str | None]) -> Scores | None:
+    """One score per video: the mean spoof score of its scored frames (the video-level decision Replay-Attack and
+    OULU-NPU results are given by), with the video's attack type and source; frames of no video (photos) are left
+    out. None when no frame names a video. `videos` pairs with `scores` frame by frame."""
+    if len(videos) != len(scores):
+        raise ScoreError(f"{len(videos)} video names for {len(scores)} scores")
+    groups: dict[tuple[int, str], list[int]] = {}
+    for index, video in enumerate(videos):
+        if video is not None:
+            groups.setdefault((int(scores.source[index]), video), []).append(index)
+    if not groups:
+        return None
+    frames = list(groups.values())
+    first = [members[0] for members in frames]
+    return Scores(
+        np.array([scores.score[members].mean() for members in frames]),
+        scores.spoof_type[first],
+        scores.illumination[first],
+        scores.environment[first],
+        scores.source[first],
+    )

@@ -98,6 +98,9 @@ class ModelEvaluation:
     skipped: dict[str, int] = field(default_factory=dict)
     # Capture change name -> its figures (`fas.metrics.stress_metrics`), when evaluate.py ran a stress preset.
     stress: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # One decision per video (the mean spoof score of its frames) at the model's threshold, for sources whose frames
+    # name their video; None otherwise.
+    video: PadResult | None = None
 
     def source_threshold(self, source: str) -> ThresholdChoice:
         return self.source_thresholds.get(source, self.threshold)
@@ -120,6 +123,7 @@ class ModelEvaluation:
                 for name, result in self.per_source.items()
             },
             "stress": self.stress,
+            "video": self.video.to_dict() if self.video is not None else None,
         }
 
 
@@ -154,6 +158,8 @@ def flat_metrics(
         flat.update({f"{scope}/{key}": value for key, value in e.result.metrics.items()})
         for source, result in e.per_source.items():
             flat.update({f"{scope}/{source}/{key}": result.metrics[key] for key in SOURCE_KEYS})
+        if e.video is not None:
+            flat.update({f"{scope}/video/{key}": e.video.metrics[key] for key in VIDEO_KEYS})
         for change, figures in e.stress.items():
             flat.update({f"{scope}/stress/{change}/{key}": figures[key] for key in ("auroc", "hter", "flipped")})
     return flat
@@ -237,6 +243,9 @@ def report_blocks(
         blocks.append(_cross_table(evaluations))
         blocks.append(("h", 2, "Per data source"))
         blocks.append(_source_table(evaluations))
+    if any(e.video is not None for e in evaluations):
+        blocks.append(("h", 2, "Per video: one decision per video (the mean spoof score of its frames)"))
+        blocks.append(_video_table(evaluations))
     if any(e.stress for e in evaluations):
         blocks.append(("h", 2, "Capture stress: the same faces under everyday changes"))
         blocks.append(_stress_table(evaluations))
@@ -308,6 +317,21 @@ def _source_table(evaluations: Sequence[ModelEvaluation]) -> Block:
             )
     headers = ["model", "source", "live", "spoof", "skipped", "threshold", *(LABELS[k] for k in SOURCE_KEYS)]
     return ("table", [*headers, "APCER per type"], rows)
+
+
+VIDEO_KEYS = ("auroc", "eer", "apcer", "bpcer", "hter")
+
+
+def _video_table(evaluations: Sequence[ModelEvaluation]) -> Block:
+    """Every model's video-level figures beside its frame-level ones."""
+    rows = []
+    for e in evaluations:
+        if e.video is None:
+            continue
+        for level, result in (("frames", e.result), ("videos", e.video)):
+            counts = [str(result.counts["live"]), str(result.counts["spoof"])]
+            rows.append([e.name, level, *counts, *(format_metric(k, result.metrics[k]) for k in VIDEO_KEYS)])
+    return ("table", ["model", "decided on", "live", "spoof", *(LABELS[k] for k in VIDEO_KEYS)], rows)
 
 
 STRESS_LABELS = {

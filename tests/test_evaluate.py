@@ -489,3 +489,30 @@ def test_a_stress_preset_scores_every_model_again_under_each_change(
     assert report["metrics"]["test/stress/wide/flipped"] == stress["wide"]["flipped"]
     markdown = files.markdown.read_text()
     assert "## Capture stress" in markdown and "| model.onnx | blurred |" in markdown
+
+
+def test_frames_of_videos_are_also_decided_per_video(
+    trained: dict[str, Path], tiny_folder: Path, reference_dir: Path, tmp_path: Path
+) -> None:
+    """The folder's test clips (two live, two replay): besides its frames, each video gets one decision (the mean
+    spoof score of its frames) at the model's threshold; the cache keeps each frame's video, and a cache made
+    before it did reads as photos."""
+    from fas.data.cache import read_cached_split
+
+    yunet = reference_dir / "yunet/face_detection_yunet_2023mar.onnx"
+    overrides = [f"ckpt_path={trained['onnx']}", "data=folder", f"data.root={tiny_folder}", "data.num_workers=0"]
+    overrides += [f"detector.model_path={yunet}", f"paths.data_dir={tmp_path / 'data'}"]
+    files = evaluate(compose_evaluate(overrides, tmp_path))
+    (model,) = json.loads(files.metrics.read_text())["models"]
+    assert model["video"]["counts"] == {"live": 2, "spoof": 2}
+    assert model["video"]["metrics"]["threshold"] == model["metrics"]["threshold"]
+    assert "| model.onnx | videos | 2 | 2 |" in files.markdown.read_text()
+    (cache,) = (p for p in (tmp_path / "data" / "prepared").iterdir() if p.is_dir())
+    videos = {s.video for s in read_cached_split(cache, "test", "folder")}
+    assert {v for v in videos if v} == {
+        f"test/{label}/s0{n}/clip.mp4" for label in ("live", "spoof/replay") for n in (4, 5)
+    }
+    table = cache / "test_samples.tsv"
+    rows = [line.split("\t")[:-1] for line in table.read_text().splitlines()]  # as written before the column
+    table.write_text("\n".join("\t".join(row) for row in rows) + "\n")
+    assert {s.video for s in read_cached_split(cache, "test", "folder")} == {None}

@@ -190,3 +190,21 @@ def test_a_tree_of_face_crops_takes_each_image_as_its_face(tmp_path: Path) -> No
 def test_face_crop_settings_are_checked(tmp_path: Path, settings: dict, message: str) -> None:
     with pytest.raises(DatasetError, match=message):
         FolderSource(str(tmp_path), name="oulu", **settings)
+
+
+def test_frames_know_their_video(tmp_path: Path, tiny_folder: Path) -> None:
+    """A video file's frames name it; images extracted from videos name theirs by `video_regex`; photos none."""
+    root = tmp_path / "frames"
+    for video in ("client001_take1", "client001_take2"):
+        for frame in (0, 10):
+            path = root / "test" / "live" / "client001" / f"{video}__frame_{frame:05d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), np.full((40, 40, 3), 100, np.uint8))
+    samples, _ = records(FolderSource(str(root), video_regex=r"^.*/(.+)__frame_[0-9]+"))
+    assert sorted(Counter(s.video for s in samples).items()) == [("client001_take1", 2), ("client001_take2", 2)]
+    assert {s.video for s in records(FolderSource(str(root)))[0]} == {None}
+    clips, _ = records(FolderSource(str(tiny_folder)))
+    framed = [s for s in clips if s.frame is not None]
+    assert framed and all(s.video == s.key.split("#")[0] for s in framed)
+    assert FolderSource(str(root), video_regex="x").settings()["video_regex"] == "x"
+    assert "video_regex" not in FolderSource(str(root)).settings()  # caches made before the setting stay valid

@@ -292,3 +292,19 @@ def test_each_source_alone_at_its_own_threshold() -> None:
     assert own["a"].metrics["hter"] == 0.0  # a keeps the pooled threshold
     assert own["b"].metrics["apcer_pooled"] == 0.5 and own["b"].metrics["hter"] == 0.25  # 0.5 < 0.6: one attack passes
     assert pad_metrics_per_source(scores.subset(scores.source == 0), 0.45, [1, 9], ["a", "b"]) == {}
+
+
+def test_one_score_per_video_is_the_mean_of_its_frames() -> None:
+    from fas.metrics import video_scores
+
+    scores = Scores(
+        np.array([0.2, 0.4, 0.9, 0.7, 0.5, 0.1]),
+        np.array([0, 0, 7, 7, 0, 0]),
+        source=np.array([0, 0, 0, 0, 0, 1]),
+    )
+    videos = video_scores(scores, ["a", "a", "b", "b", None, "a"])  # the photo is left out; source 1's "a" is its own
+    np.testing.assert_allclose(videos.score, [0.3, 0.8, 0.1])
+    assert videos.spoof_type.tolist() == [0, 7, 0] and videos.source.tolist() == [0, 0, 1]
+    assert video_scores(scores, [None] * 6) is None
+    with pytest.raises(ScoreError, match="5 video names for 6 scores"):
+        video_scores(scores, [None] * 5)

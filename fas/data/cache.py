@@ -62,6 +62,7 @@ SAMPLE_COLUMNS = (
     "h",
     "box_from",
     "detector_score",
+    "video",  # added after version 3's first caches: read as None where a cache lacks it
 )
 SKIPPED_COLUMNS = ("split", "key", "file", "spoof_type", "reason")
 
@@ -210,6 +211,7 @@ def read_cached_split(cache: Path, split: str, source_name: str) -> list[Sample]
                     illumination=int(row["illumination"]),
                     environment=int(row["environment"]),
                     cache_row=int(row["row"]),
+                    video=row.get("video") or None,
                 )
             )
     return samples

@@ -81,7 +81,9 @@ class Sample:
     frame of that (width, height) to be scaled to the image (CelebA-Spoof's `_BB.txt` use 224x224);
     None means the face is to be detected. `split` is `train`, `val`, `test` or None when the source
     does not split its data. `key` identifies the sample within its source (a relative path, `#frame`
-    appended for a video frame); `cache_row` is its row in a packed cache, None when read from files.
+    appended for a video frame); `cache_row` is its row in a packed cache, None when read from files. `video`
+    names the video (or extracted image sequence) a frame came from within its source, for decisions over a
+    video's frames; None for a photo.
     """
 
     path: Path
@@ -97,6 +99,7 @@ class Sample:
     environment: int = 0
     target: int | None = None
     cache_row: int | None = None
+    video: str | None = None
 
 
 @dataclass(frozen=True)

@@ -403,7 +403,7 @@ def crop_chunk(job: CropJob, chunk: Chunk) -> int:
         box = pixel_box(sample, width, height)
         kept.append(
             [row, record.key, str(record.path), "" if record.frame is None else record.frame, record.subject,
-             record.spoof_type, record.illumination, record.environment, *box, box_from, score]
+             record.spoof_type, record.illumination, record.environment, *box, box_from, score, record.video or ""]
         )  # fmt: skip
     images.flush()
     del images

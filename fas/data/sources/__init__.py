@@ -161,4 +161,4 @@ class MediaSource(Source):
             return
         boxes = {"box": box} if box is not None else self.default_box()
         for frame in frames:
-            yield Sample(path=path, frame=frame, key=f"{key}#{frame}", source=self.name, **boxes, **fields)
+            yield Sample(path=path, frame=frame, key=f"{key}#{frame}", source=self.name, video=key, **boxes, **fields)

@@ -11,7 +11,8 @@ label folder, else the file itself (a video is always at least its own subject),
 shares a video, or a person, with training. An image's face box is its `<name>_BB.txt` (`x y w h`
 in pixels) when there is one; otherwise `fas.data.prepare` detects it, or, with `face_crops` (a tree of face
 crops), it is the image's centred part (`MediaSource`). Videos become
-`frames_per_video` evenly spaced frames, or every `frame_stride`-th.
+`frames_per_video` evenly spaced frames, or every `frame_stride`-th, each knowing its video; frames already
+extracted as images name theirs by `video_regex` (e.g. `^(.+)__frame_[0-9]+` for `<video>__frame_00042.jpg`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class FolderSource(MediaSource):
         image_stride: int | None = None,
         face_crops: bool = False,
         face_crop_scale: float = 1.0,
+        video_regex: str | None = None,
     ) -> None:
         if root is None:
             raise DatasetError(f"the root of data source '{name}' is not set: pass data.root=/path/to/your/folder")
@@ -55,6 +57,8 @@ class FolderSource(MediaSource):
         self.image_stride = positive_or_none(image_stride, f"data.sources.{name}.image_stride")
         self.subject_regex = subject_regex
         self.subject_pattern = re.compile(subject_regex) if subject_regex else None
+        self.video_regex = video_regex
+        self.video_pattern = re.compile(video_regex) if video_regex else None
 
     def prepare(self) -> None:
         if self.root.exists() and not self.root.is_dir():
@@ -63,7 +67,8 @@ class FolderSource(MediaSource):
             raise DatasetError(f"{self.root}: the root of data source '{self.name}' does not exist")
 
     def settings(self) -> dict[str, Any]:
-        return {**super().settings(), "subject_regex": self.subject_regex, "image_stride": self.image_stride}
+        extra = {"video_regex": self.video_regex} if self.video_regex else {}
+        return {**super().settings(), "subject_regex": self.subject_regex, "image_stride": self.image_stride, **extra}
 
     @functools.cached_property
     def files(self) -> tuple[tuple[Path, str | None], ...]:
@@ -149,6 +154,13 @@ class FolderSource(MediaSource):
         below = folders[labelled[-1] + 1 :] if labelled else []
         return below[0] if below else str(relative.with_suffix(""))
 
+    def video_of(self, relative: Path) -> str | None:
+        """The video an image was extracted from: `video_regex`'s first group on its path (None: a photo)."""
+        if self.video_pattern is None:
+            return None
+        match = self.video_pattern.search(relative.as_posix())
+        return match.group(1) if match and match.groups() else None
+
     def records_of(self, path: Path, split: str | None, spoof_type: int) -> Iterator[Sample | BadSample]:
         relative = path.relative_to(self.root)
         key = relative.as_posix()
@@ -166,7 +178,7 @@ class FolderSource(MediaSource):
             except SampleError as error:
                 yield BadSample(error.path, error.reason, key, split, spoof_type)
                 return
-        yield Sample(path=path, frame=None, key=key, source=self.name, **boxes, **fields)
+        yield Sample(path=path, frame=None, key=key, source=self.name, video=self.video_of(relative), **boxes, **fields)
 
 
 def split_of(relative: Path) -> str | None:
