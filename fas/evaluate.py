@@ -10,6 +10,7 @@ decision threshold is chosen on the validation split and applied unchanged to th
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fas.convention import ModelInfo
-from fas.data.datamodule import FaceDataModule, datamodule_for
+from fas.data.datamodule import FaceDataModule, datamodule_for, scoring_scheme
 from fas.data.datasets import single_threaded_opencv
 from fas.data.stress import CaptureChange, capture_changes, stressed_split
 from fas.errors import ConfigError, FasError
@@ -38,6 +39,7 @@ from fas.media import set_max_pixels
 from fas.metrics import (
     Scores,
     ThresholdChoice,
+    UndefinedMetricWarning,
     choose_threshold,
     pad_metrics,
     pad_metrics_per_source,
@@ -137,7 +139,12 @@ class ScoredModel:
 def evaluate_model(backend: Backend, name: str, path: str, cfg: DictConfig) -> ScoredModel:
     """Score one model on the validation split (for the threshold) and on `cfg.split`; with several data
     sources, each source also alone (the cross-dataset table), at its own threshold where the rule chooses one."""
-    chosen_scheme = hydra.utils.instantiate(cfg.class_scheme) if cfg.get("class_scheme") else None
+    # The config's class scheme, else the model's own, keeping attacks of unknown type it has no class for
+    chosen_scheme = (
+        hydra.utils.instantiate(cfg.class_scheme)
+        if cfg.get("class_scheme")
+        else scoring_scheme(backend.info.class_scheme)
+    )
     needs_val = (
         cfg.threshold.rule in ("eer", "apcer")
         or (cfg.threshold.rule == "model" and not backend.info.threshold)
@@ -167,7 +174,9 @@ def evaluate_model(backend: Backend, name: str, path: str, cfg: DictConfig) -> S
     )
     videos = video_scores(scores, [sample.video for sample in datamodule.samples[cfg.split]])
     if videos is not None:
-        evaluation = replace(evaluation, video=pad_metrics(videos, threshold.value, attack_types))
+        with warnings.catch_warnings():  # what the videos leave undefined, the report marks (the frames warned)
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            evaluation = replace(evaluation, video=pad_metrics(videos, threshold.value, attack_types))
     stress_preset = cfg.get("stress")
     changes = capture_changes(hydra.utils.instantiate(stress_preset.changes, _convert_="all")) if stress_preset else []
     if changes:

@@ -50,7 +50,17 @@ def data_overrides(option: str, tiny_data: Path, tiny_folder: Path) -> list[str]
         return [f"data.sources.celeba_spoof.root={tiny_data}", f"data.sources.folder.root={tiny_folder}"]
     if option == "sources":
         return ["+source@data.sources.mine=folder", f"data.sources.mine.root={tiny_folder}"]
+    if option == "cross_dataset":  # five folder trees under one root (instantiating reads none of them)
+        return [f"data.root={tiny_folder}"]
     return [f"data.root={tiny_data}", "data.synthetic=null"]
+
+
+def data_option(group: str, option: str) -> str:
+    """The data option a config option trains on: its own for data=..., data=cross_dataset for the cross-dataset
+    experiments, the generated data otherwise."""
+    if group == "data":
+        return option
+    return "cross_dataset" if group == "experiment" and option.startswith("cross_dataset") else "synthetic"
 
 
 ALL_OPTIONS = [(group, option) for group in GROUPS for option in options(group)]
@@ -70,7 +80,7 @@ def test_option_composes_and_instantiates(
 ) -> None:
     overrides = [
         f"{group}={option}",
-        *data_overrides(option if group == "data" else "synthetic", tiny_data, tiny_folder),
+        *data_overrides(data_option(group, option), tiny_data, tiny_folder),
     ]
     if (group, option) == ("convention", "pretrained"):
         overrides.append("pretrained=silentface-v2-2.7")  # a registry name: its convention needs no file

@@ -52,7 +52,8 @@ def test_metrics_json_has_stable_keys_and_null_for_undefined(report) -> None:
     assert payload["metrics"]["live_only.onnx/test/auroc"] is None
     assert set(first) == {
         "name", "path", "backbone", "class_scheme", "convention", "threshold_choice",
-        "counts", "metrics", "apcer_per_type", "confusion_matrix", "breakdowns", "undefined", "per_source",
+        "counts", "metrics", "apcer_per_type", "confusion_matrix", "breakdowns", "undefined", "per_source", "stress",
+        "video",
     }  # fmt: skip
     assert list(first["metrics"]) == list(METRIC_KEYS)
     assert first["apcer_per_type"]["a4"] is None and "apcer_per_type.a4" in first["undefined"]

@@ -298,7 +298,7 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_evaluation(tiny_data:
         "report.json",
         "report.md",
     ]
-    (ddp,) = json.loads((run_dir / "report" / "metrics.json").read_text())["models"]
+    ddp, _ = json.loads((run_dir / "report" / "metrics.json").read_text())["models"]  # the checkpoint, its INT8 file
     single = compose_config(
         "evaluate", [f"ckpt_path={ddp['path']}", *TINY_DATA, f"data.root={tiny_data}"], tmp_path / "eval"
     )

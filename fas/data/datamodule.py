@@ -461,11 +461,10 @@ def datamodule_for(
     """The data config's data cropped with a model's recorded input convention and labelled by its class
     scheme (or `class_scheme`), without augmentation: what evaluation and export score a model on.
 
-    The scheme replaces the config's whole (a merge would keep spoof types the model has no class for); the
-    model's own keeps attacks of unknown type (`scoring_scheme`).
+    The scheme replaces the config's whole (a merge would keep spoof types the model has no class for).
     `needed_splits` limits what is read and cropped (see `FaceDataModule`).
     """
-    scheme = class_scheme or scoring_scheme(info.class_scheme)
+    scheme = class_scheme or info.class_scheme
     settings = {
         "convention": {"_target_": "fas.convention.InputConvention", **info.convention.to_dict()},
         "class_scheme": {"_target_": "fas.convention.ClassScheme", **scheme.to_dict()},
