@@ -21,9 +21,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from fas.convention import ModelInfo
-from fas.data.datamodule import FaceDataModule, datamodule_for, scoring_scheme
+from fas.convention import ClassScheme, ModelInfo
+from fas.data.datamodule import FaceDataModule, datamodule_for
 from fas.data.datasets import single_threaded_opencv
+from fas.data.sample import UNKNOWN_ATTACK
 from fas.data.stress import CaptureChange, capture_changes, stressed_split
 from fas.errors import ConfigError, FasError
 from fas.hydra_utils import (
@@ -184,6 +185,16 @@ def evaluate_model(backend: Backend, name: str, path: str, cfg: DictConfig) -> S
         evaluation = replace(evaluation, stress=stress)
     keys = {split: datamodule.splits[split].record_keys() for split in needed}
     return ScoredModel(evaluation, keys, val_scores, datamodule.source_names, attack_types)
+
+
+def scoring_scheme(scheme: ClassScheme) -> ClassScheme:
+    """A model's class scheme for scoring it: attacks of unknown type (a bare `spoof/` folder) count under its
+    first attack class where it has no class for them (Silent-Face's print / live / replay), so its live-vs-spoof
+    score (1 - p(live)) is measured on every attack, as for any model; per-class figures then count them there."""
+    if UNKNOWN_ATTACK in scheme.spoof_type_classes or not scheme.spoof_type_classes:
+        return scheme
+    first_attack = min(c for c in range(scheme.num_classes) if c != scheme.real_class_index)
+    return replace(scheme, spoof_type_classes={**scheme.spoof_type_classes, UNKNOWN_ATTACK: first_attack})
 
 
 def stress_evaluation(

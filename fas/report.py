@@ -350,21 +350,17 @@ def _stress_table(evaluations: Sequence[ModelEvaluation]) -> Block:
     rows = []
     for e in evaluations:
         for change, figures in e.stress.items():
-            cells = []
-            for key in STRESS_LABELS:
-                value = figures.get(key)
-                plain = key in ("auroc", "auroc_change", "mean_score_change")
-                cells.append(
-                    UNDEFINED
-                    if value is None
-                    else f"{value:+.4f}"
-                    if "change" in key
-                    else f"{value:.4f}"
-                    if plain
-                    else f"{100 * value:.2f}%"
-                )
-            rows.append([e.name, change, *cells])
+            rows.append([e.name, change, *(_stress_cell(key, figures.get(key)) for key in STRESS_LABELS)])
     return ("table", ["model", "change", *STRESS_LABELS.values()], rows)
+
+
+def _stress_cell(key: str, value: float | None) -> str:
+    """A change as a signed number, ROC-AUC as a number, a rate as a percentage."""
+    if value is None:
+        return UNDEFINED
+    if key.endswith("_change"):
+        return f"{value:+.4f}"
+    return f"{value:.4f}" if key == "auroc" else f"{100 * value:.2f}%"
 
 
 def _model_blocks(e: ModelEvaluation) -> list[Block]:

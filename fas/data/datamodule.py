@@ -11,7 +11,6 @@ prepares itself so faces are detected and videos decoded once. Every crop is mad
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -41,7 +40,7 @@ from fas.data.datasets import (
 from fas.data.image_check import check_images
 from fas.data.loading import box_problem, pixel_box
 from fas.data.prepare import prepare
-from fas.data.sample import UNKNOWN_ATTACK, BadSample, DatasetError, Sample, with_targets
+from fas.data.sample import BadSample, DatasetError, Sample, with_targets
 from fas.data.sources import Source
 from fas.detect import detector_factory
 from fas.download import cache_dir
@@ -439,16 +438,6 @@ def instantiate_datamodule(
         data.pop(key, None)
     data.update(settings or {})
     return hydra.utils.instantiate(OmegaConf.create(data), **objects)
-
-
-def scoring_scheme(scheme: ClassScheme) -> ClassScheme:
-    """A model's class scheme for scoring it: attacks of unknown type (a bare `spoof/` folder) count under its
-    first attack class where it has no class for them (Silent-Face's print / live / replay), so its live-vs-spoof
-    score (1 - p(live)) is measured on every attack, as for any model; per-class figures then count them there."""
-    if UNKNOWN_ATTACK in scheme.spoof_type_classes or not scheme.spoof_type_classes:
-        return scheme
-    first_attack = min(c for c in range(scheme.num_classes) if c != scheme.real_class_index)
-    return dataclasses.replace(scheme, spoof_type_classes={**scheme.spoof_type_classes, UNKNOWN_ATTACK: first_attack})
 
 
 def datamodule_for(

@@ -9,18 +9,16 @@ and pairs with the clean score of the same face. Presets live in `configs/stress
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
 import numpy as np
-from torch.utils.data import Dataset
 
 from fas.convention import InputConvention
 from fas.data.crop import Box
-from fas.data.datasets import SplitDataset, Transform, face_item, labels_of
+from fas.data.datasets import FaceCropDataset, SplitDataset, Transform
 from fas.data.loading import crop_from, pixel_box, read_sample_image
 from fas.data.sample import Sample
 from fas.errors import ConfigError
@@ -74,33 +72,23 @@ def capture_changes(changes: dict[str, dict[str, Any]] | None) -> list[CaptureCh
     return result
 
 
-class StressedCrops(Dataset):
+class StressedCrops(FaceCropDataset):
     """One source's faces read from their files again, changed by `change` (seeded per face), cropped by the
-    convention; items as `FaceCropDataset`'s. `first_index` numbers its faces within the whole split."""
+    convention; items as `FaceCropDataset`'s, never augmented. `first_index` numbers its faces within the split."""
 
     def __init__(
         self, samples: Sequence[Sample], convention: InputConvention, change: CaptureChange, first_index: int = 0
     ) -> None:
-        self.samples = list(samples)
-        self.convention = convention
+        super().__init__(samples, convention)
         self.change = change
         self.first_index = first_index
-        self.transform = None
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    @property
-    def keys(self) -> list[str]:
-        return [sample.key for sample in self.samples]
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def load_crop(self, index: int) -> np.ndarray:
         sample = self.samples[index]
         image = self.change.changed_frame(read_sample_image(sample), STRESS_SEED * 1_000_003 + self.first_index + index)
         height, width = image.shape[:2]
         box = self.change.changed_box(pixel_box(sample, width, height))
-        moved = dataclasses.replace(sample, box=box, box_frame=None)
-        return face_item(crop_from(image, moved, self.convention), labels_of(sample), self.convention, None)
+        return crop_from(image, replace(sample, box=box, box_frame=None), self.convention)
 
 
 def stressed_split(
